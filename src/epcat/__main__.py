@@ -1,0 +1,6 @@
+"""C{python -m epcat}: the same as the C{epcat} console script."""
+
+from epcat.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+# -*- test-case-name: tests.test_endpoints -*-
+"""
+Endpoint descriptions: parsing with messages a person can act on, the list
+of endpoint types this installation knows, and which types half-close.
+
+All parsing is Twisted's own (L{serverFromString} / L{clientFromString}), so
+every built-in type and every installed endpoint plugin works; this module
+only turns their exceptions into L{UsageError}s.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from epcat.status import UsageError
+
+#: How a type's transport ends one direction of a stream.
+#:  - C{"shutdown"}: a real half-close (C{shutdown(SHUT_WR)}, or closing
+#:    stdout), and the peer's half-close arrives as C{readConnectionLost}.
+#:  - C{"tls"}: TLS; epcat sends close_notify for its write side and keeps
+#:    reading.  A peer's close_notify ends the connection both ways (Twisted's
+#:    TLS transport closes on it).
+#:  - C{"none"}: no half-close; when the other side ends, this side is closed
+#:    once everything written to it has been flushed.
+HALF_CLOSE_SHUTDOWN = "shutdown"
+HALF_CLOSE_TLS = "tls"
+HALF_CLOSE_NONE = "none"
+
+_HALF_CLOSE_BY_TYPE = {
+    "tcp": HALF_CLOSE_SHUTDOWN,
+    "tcp6": HALF_CLOSE_SHUTDOWN,
+    "unix": HALF_CLOSE_SHUTDOWN,
+    "stdio": HALF_CLOSE_SHUTDOWN,
+    "systemd": HALF_CLOSE_SHUTDOWN,
+    "hostname": HALF_CLOSE_SHUTDOWN,
+    "tls": HALF_CLOSE_TLS,
+    "ssl": HALF_CLOSE_TLS,
+    "haproxy": HALF_CLOSE_NONE,
+}
+
+
+def endpoint_type(description: str) -> str:
+    """
+    The type prefix of an endpoint description, lower-cased: C{"tcp"} for
+    C{"tcp:8080"}.  A description with no colon is all prefix.
+
+    @param description: an endpoint description string.
+    """
+    head = re.split(r"(?<!\\):", description, maxsplit=1)[0]
+    return head.lower()
+
+
+def half_close_mode(description: str) -> str:
+    """
+    How an endpoint of this description half-closes: one of
+    L{HALF_CLOSE_SHUTDOWN}, L{HALF_CLOSE_TLS}, L{HALF_CLOSE_NONE}.
+
+    Derived from the description, not by sniffing transports: Twisted's
+    C{haproxy:} wrapper and TLS transports provide the interfaces of the TCP
+    transport they wrap, so a transport cannot be asked.  Types we do not know
+    are assumed not to half-close, which never loses data.
+
+    @param description: an endpoint description string.
+    """
+    return _HALF_CLOSE_BY_TYPE.get(endpoint_type(description), HALF_CLOSE_NONE)
+
+
+def parse_server(reactor: Any, description: str) -> Any:
+    """
+    Parse a server endpoint description with Twisted's L{serverFromString}.
+
+    @param reactor: the reactor the endpoint will listen with.
+    @param description: e.g. C{"tcp:8080:interface=127.0.0.1"}.
+    @return: an C{IStreamServerEndpoint} provider.
+    @raise UsageError: the description is malformed, names an unknown type,
+        or a file it names cannot be read; the message quotes it.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    return _parse(serverFromString, reactor, description, "server")
+
+
+def parse_client(reactor: Any, description: str) -> Any:
+    """
+    Parse a client endpoint description with Twisted's L{clientFromString}.
+
+    @param reactor: the reactor the endpoint will connect with.
+    @param description: e.g. C{"tls:example.com:443"}.
+    @return: an C{IStreamClientEndpoint} provider.
+    @raise UsageError: as for L{parse_server}.
+    """
+    from twisted.internet.endpoints import clientFromString
+
+    return _parse(clientFromString, reactor, description, "client")
+
+
+def _parse(parser: Any, reactor: Any, description: str, kind: str) -> Any:
+    if not description or not description.strip():
+        raise UsageError(f"empty {kind} endpoint description; try e.g. 'tcp:8080'")
+    try:
+        return parser(reactor, description)
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(explain_parse_error(description, kind, e)) from None
+
+
+_FUNC_PREFIX = re.compile(r"^[\w.]+\(\) ")
+
+
+def explain_parse_error(description: str, kind: str, error: BaseException) -> str:
+    """
+    Turn an exception from Twisted's description parsers into one line that
+    quotes the description and says what would work.
+
+    @param description: the description that failed to parse.
+    @param kind: C{"server"} or C{"client"}.
+    @param error: what the parser raised.
+    """
+    quoted = f"bad {kind} endpoint description {description!r}"
+    etype = endpoint_type(description)
+    text = str(error)
+    if isinstance(error, ValueError) and text.startswith("Unknown endpoint type"):
+        known = sorted(server_types() if kind == "server" else client_types())
+        close = difflib.get_close_matches(etype, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return (
+            f"{quoted}: unknown endpoint type {etype!r}{hint}; "
+            f"known {kind} types: {', '.join(known)}"
+        )
+    if isinstance(error, TypeError):
+        text = _FUNC_PREFIX.sub("", text)
+        m = re.search(r"unexpected keyword argument '([^']+)'", text)
+        if m:
+            return f"{quoted}: {etype}: does not take {m.group(1)}=; see 'epcat endpoints'"
+        m = re.search(r"missing \d+ required positional arguments?: (.*)", text)
+        if m:
+            names = m.group(1).replace("'", "")
+            return f"{quoted}: {etype}: missing {names}; e.g. 'tcp:example.com:80'"
+        return f"{quoted}: {etype}: {text}"
+    if isinstance(error, ValueError) and "invalid literal for int()" in text:
+        value = text.rsplit(":", 1)[-1].strip()
+        return f"{quoted}: expected a number, got {value}"
+    if isinstance(error, RuntimeError) and "StopIteration" in text:
+        return f"{quoted}: it ends in a lone backslash; escape a colon as '\\:'"
+    if isinstance(error, IndexError) and etype == "systemd":
+        return (
+            f"{quoted}: no inherited socket at that index or name "
+            "(is epcat started by systemd or systemd-socket-activate?)"
+        )
+    if isinstance(error, OSError):
+        name = f" {error.filename!r}" if getattr(error, "filename", None) else ""
+        reason = error.strerror or str(error)
+        return f"{quoted}: cannot read{name}: {reason.lower()}"
+    cls = type(error).__name__
+    if cls == "UnlistableError":
+        return f"{quoted}: a directory it names cannot be listed (trustRoots= must be a directory)"
+    return f"{quoted}: {text or cls}"
+
+
+def _plugin_prefixes(interface: Any) -> set[str]:
+    from twisted.plugin import getPlugins
+
+    prefixes = set()
+    for plugin in getPlugins(interface):
+        prefix = getattr(plugin, "prefix", None)
+        if isinstance(prefix, bytes):
+            prefix = prefix.decode("ascii", "replace")
+        if prefix:
+            prefixes.add(prefix.lower())
+    return prefixes
+
+
+def server_types() -> set[str]:
+    """
+    Every server endpoint type prefix this installation can parse: Twisted's
+    built-in ones and those of every installed plugin.
+    """
+    from twisted.internet import endpoints
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+
+    return {k.lower() for k in endpoints._serverParsers} | _plugin_prefixes(
+        IStreamServerEndpointStringParser
+    )
+
+
+def client_types() -> set[str]:
+    """
+    Every client endpoint type prefix this installation can parse.
+    """
+    from twisted.internet import endpoints
+    from twisted.internet.interfaces import IStreamClientEndpointStringParserWithReactor
+
+    return {k.lower() for k in endpoints._clientParsers} | _plugin_prefixes(
+        IStreamClientEndpointStringParserWithReactor
+    )

@@ -1,0 +1,418 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The pipe: two protocols joined pairwise, with producer/consumer flow control
+both ways, half-close, and close ordering that loses no byte.
+
+The shape is Twisted's C{portforward} (each transport registered as a
+streaming producer on the other, so a slow reader pauses the fast writer),
+plus what it lacks: endpoints instead of C{connectTCP}, bounded holding of
+bytes that arrive before the other side is up, half-close
+(C{IHalfCloseableProtocol}), cancelling the outbound attempt when the inbound
+side goes away, and unregistering producers before closing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.stdio import StandardIO
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from epcat.endpoints import HALF_CLOSE_NONE, HALF_CLOSE_SHUTDOWN, HALF_CLOSE_TLS
+
+#: Bytes held from one side while the other is not connected yet; past this
+#: the side's transport is paused until the other side is up.
+HOLD_LIMIT = 256 * 1024
+
+#: Seconds a TLS connection may take to finish its close_notify exchange
+#: after epcat closed it, before it is aborted (twisted#7926: a TLS
+#: C{loseConnection} waits for the peer's close_notify and can hang).
+TLS_CLOSE_GRACE = 10.0
+
+
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
+class RelaySide(Protocol):
+    """
+    One side of a relayed pair: the protocol of the inbound connection, the
+    outbound connection, or stdin/stdout.
+
+    @ivar pair: the L{Pair} this side belongs to.
+    @ivar role: C{"inbound"} or C{"outbound"}; the first and second side.
+    @ivar half_close: how this side's transport half-closes (see
+        L{epcat.endpoints.half_close_mode}).
+    @ivar peer: the other side once both are connected, else L{None}.
+    @ivar bytes_received: bytes read from this side's transport.
+    @ivar read_ended: no more bytes will come from this side.
+    @ivar write_ended: epcat has ended (or given up on) writing to this side.
+    @ivar lost: the connection is gone.
+    """
+
+    def __init__(self, pair: Pair, role: str, half_close: str) -> None:
+        self.pair = pair
+        self.role = role
+        self.half_close = half_close
+        self.peer: RelaySide | None = None
+        self.bytes_received = 0
+        self.read_ended = False
+        self.write_ended = False
+        self.lost = False
+        self.lost_reason: Failure | None = None
+        self.handshake_done = False
+        self.connected_at: float | None = None
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._paused_for_hold = False
+        self._tls_shutdown_wanted = False
+        self._write_shutdown_requested = False
+        self._write_gone = False
+        self._close_timer: Any = None
+
+    # IProtocol
+
+    def connectionMade(self) -> None:
+        self.connected_at = time.monotonic()
+        self.pair._side_connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self.pair.last_activity = time.monotonic()
+        peer = self.peer
+        if peer is not None:
+            if not peer.write_ended:
+                peer.transport.write(data)
+            return
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size > HOLD_LIMIT and not self._paused_for_hold:
+            self._paused_for_hold = True
+            self.transport.pauseProducing()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self.lost_reason = reason
+        self._cancel_close_timer()
+        self.write_ended = True
+        if not self.read_ended:
+            self.read_ended = True
+            self.pair._read_ended(self)
+        self.pair._side_lost(self)
+
+    # IHalfCloseableProtocol
+
+    def readConnectionLost(self) -> None:
+        if self.read_ended:
+            return
+        self.read_ended = True
+        self.pair._read_ended(self)
+
+    def writeConnectionLost(self) -> None:
+        # After our own loseWriteConnection this is the confirmation; without
+        # one, the consumer went away (EPIPE on stdout): nothing more can be
+        # delivered here, so the pair is over.
+        self._write_gone = True
+        if not self._write_shutdown_requested:
+            self.write_ended = True
+            self.pair.close()
+        elif self.read_ended:
+            self._close()
+
+    # IHandshakeListener
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+        self.pair._handshake_completed(self)
+        if self._tls_shutdown_wanted:
+            # TLSMemoryBIOProtocol flushes writes it buffered during the
+            # handshake only after this callback returns.
+            self.pair.reactor.callLater(0, self._tls_shutdown_write)
+
+    # flow between the sides
+
+    def _release_held(self) -> None:
+        """
+        Called once both sides are joined: deliver what this side sent early,
+        then its EOF if that came early too.
+        """
+        held, self._held, self._held_size = self._held, [], 0
+        if self._paused_for_hold and not self.lost:
+            self._paused_for_hold = False
+            self.transport.resumeProducing()
+        peer = self.peer
+        assert peer is not None
+        if held and not peer.write_ended:
+            peer.transport.writeSequence(held)
+
+    def held_bytes(self) -> int:
+        return self._held_size
+
+    def shutdown_write(self) -> None:
+        """
+        The other side will send nothing more: end the direction towards this
+        side, the way this side's transport can, after everything written so
+        far has been flushed.
+        """
+        if self.write_ended or self.lost:
+            return
+        self.write_ended = True
+        self._write_shutdown_requested = True
+        self.transport.unregisterProducer()
+        if self.half_close == HALF_CLOSE_SHUTDOWN:
+            self.transport.loseWriteConnection()
+        elif self.half_close == HALF_CLOSE_TLS:
+            if self.handshake_done:
+                self._tls_shutdown_write()
+            else:
+                self._tls_shutdown_wanted = True
+        else:
+            self._close()
+        if self.read_ended:
+            self._close()
+
+    def _tls_shutdown_write(self) -> None:
+        """
+        Half-close a TLS connection: send close_notify and keep reading, as
+        RFC 8446 section 6.1 allows ("Each party MUST send a close_notify alert
+        before closing its write side of the connection") and ghostunnel does.
+
+        Twisted's TLS transport has no half-close (twisted#5341: its
+        C{loseWriteConnection} bypasses TLS), so this drives the pyOpenSSL
+        connection through its public handle: C{shutdown()} writes the alert
+        into the memory BIO, and the alert is written to the TCP transport
+        underneath.  Twisted then reports the peer's own close_notify as the
+        end of the connection.
+        """
+        if self.lost:
+            return
+        transport = self.transport
+        try:
+            from OpenSSL.SSL import Error, WantReadError
+
+            connection = transport.getHandle()
+            connection.shutdown()
+            while True:
+                try:
+                    alert = connection.bio_read(65536)
+                except WantReadError:
+                    break
+                if not alert:
+                    break
+                transport.transport.write(alert)
+        except Exception:
+            # The TLS layer would not half-close: fall back to closing after
+            # everything written has been flushed.
+            self._close()
+            return
+        if self.read_ended:
+            self._close()
+
+    def _close(self) -> None:
+        """
+        Close this side once everything written to it has been flushed.
+        """
+        if self.lost:
+            return
+        self.write_ended = True
+        transport = self.transport
+        if transport is None:
+            return
+        transport.unregisterProducer()
+        transport.loseConnection()
+        if self._write_gone and isinstance(transport, StandardIO):
+            # StandardIO reports connectionLost only from its writer; once
+            # stdout has closed on its own it never will (see _posixstdio).
+            self.connectionLost(Failure(ConnectionDone()))
+            return
+        if self.half_close == HALF_CLOSE_TLS and self._close_timer is None:
+            self._close_timer = self.pair.reactor.callLater(
+                TLS_CLOSE_GRACE, self._abort_after_grace
+            )
+
+    def _abort_after_grace(self) -> None:
+        self._close_timer = None
+        if not self.lost and self.transport is not None:
+            self.transport.abortConnection()
+
+    def _cancel_close_timer(self) -> None:
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+
+    def abort(self) -> None:
+        """
+        Close this side at once, discarding what is not yet written.
+        """
+        if self.lost or self.transport is None:
+            return
+        self.write_ended = True
+        self.transport.unregisterProducer()
+        self.transport.abortConnection()
+
+
+class Pair:
+    """
+    Two L{RelaySide}s joined: each side's bytes are written to the other,
+    EOF on one side ends the direction towards the other, and the pair is
+    done when both connections are gone.
+
+    @ivar conn_id: a number that names this pair in logs.
+    @ivar done: a L{Deferred} that fires with this pair when both sides are
+        gone (or one side is gone and the other never came).
+    @ivar first_closer: the role of the side whose input ended first.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        conn_id: int,
+        inbound_half_close: str = HALF_CLOSE_SHUTDOWN,
+        outbound_half_close: str = HALF_CLOSE_SHUTDOWN,
+        on_event: Callable[[str, Pair, RelaySide | None], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.conn_id = conn_id
+        self.inbound = RelaySide(self, "inbound", inbound_half_close)
+        self.outbound = RelaySide(self, "outbound", outbound_half_close)
+        self.done: Deferred[Pair] = Deferred()
+        self.started_at = time.monotonic()
+        self.last_activity = self.started_at
+        self.first_closer: str | None = None
+        self.joined = False
+        self.outbound_failure: Failure | None = None
+        self.attempt: Deferred[Any] | None = None
+        self._on_event = on_event or (lambda event, pair, side: None)
+        self._finished = False
+
+    # the outbound attempt
+
+    def outbound_failed(self, failure: Failure) -> None:
+        """
+        The outbound connection could not be made: close the inbound side
+        (after flushing anything written to it) and finish.
+
+        @param failure: why the attempt failed.
+        """
+        self.attempt = None
+        self.outbound_failure = failure
+        self._on_event("failed", self, self.outbound)
+        if self.inbound.connected_at is not None and not self.inbound.lost:
+            self.inbound._close()
+        self._maybe_finish()
+
+    # events from the sides
+
+    def _side_connected(self, side: RelaySide) -> None:
+        self._on_event("connected" if side is self.outbound else "accepted", self, side)
+        if self.inbound.connected_at is not None and self.outbound.connected_at is not None:
+            self._join()
+
+    def _handshake_completed(self, side: RelaySide) -> None:
+        self._on_event("handshake", self, side)
+
+    def _join(self) -> None:
+        a, b = self.inbound, self.outbound
+        if a.lost and b.lost:
+            self._maybe_finish()
+            return
+        self.joined = True
+        a.peer, b.peer = b, a
+        if not a.lost and not b.lost:
+            a.transport.registerProducer(b.transport, True)
+            b.transport.registerProducer(a.transport, True)
+        for side in (a, b):
+            side._release_held()
+        for side in (a, b):
+            if side.read_ended:
+                side.peer.shutdown_write()
+        for side in (a, b):
+            if side.lost:
+                self._side_lost(side)
+
+    def _read_ended(self, side: RelaySide) -> None:
+        if self.first_closer is None:
+            self.first_closer = side.role
+        if side.peer is None:
+            return
+        side.peer.shutdown_write()
+        if side.write_ended and not side.lost:
+            side._close()
+
+    def _side_lost(self, side: RelaySide) -> None:
+        peer = side.peer
+        if peer is None:
+            other = self.outbound if side is self.inbound else self.inbound
+            if other.connected_at is None:
+                # The other side never came up.  Keep the attempt going only
+                # if this side left bytes to deliver; else stop dialling.
+                if side is self.inbound and not side.held_bytes():
+                    if self.attempt is not None:
+                        attempt, self.attempt = self.attempt, None
+                        attempt.cancel()
+                self._maybe_finish()
+                return
+            return
+        # Nothing more can be delivered to this side: once what this side sent
+        # has been flushed to the peer, the peer is closed too.
+        peer._close()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self._finished:
+            return
+        sides_gone = all(s.lost or s.connected_at is None for s in (self.inbound, self.outbound))
+        if not sides_gone or self.attempt is not None:
+            return
+        self._finished = True
+        self._on_event("closed", self, None)
+        self.done.callback(self)
+
+    # control from outside
+
+    def close(self) -> None:
+        """
+        Close both sides after flushing what has been written to each, and
+        stop any outbound attempt in progress.
+        """
+        if self.attempt is not None:
+            attempt, self.attempt = self.attempt, None
+            attempt.cancel()
+        for side in (self.inbound, self.outbound):
+            if side.connected_at is not None:
+                side._close()
+        self._maybe_finish()
+
+    def abort(self) -> None:
+        """
+        Close both sides at once.
+        """
+        if self.attempt is not None:
+            attempt, self.attempt = self.attempt, None
+            attempt.cancel()
+        for side in (self.inbound, self.outbound):
+            if side.connected_at is not None:
+                side.abort()
+        self._maybe_finish()
+
+    @property
+    def duration(self) -> float:
+        return time.monotonic() - self.started_at
+
+
+class SideFactory(Factory):
+    """
+    A factory that hands out one pre-built L{RelaySide}: what
+    C{endpoint.connect()} needs for the outbound side of a L{Pair}.
+    """
+
+    def __init__(self, side: RelaySide) -> None:
+        self.side = side
+
+    def buildProtocol(self, addr: Any) -> RelaySide:
+        return self.side
