@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(e.ctx.get_help(), err=True)
         sys.exit(ExitStatus.USAGE)
     except click.UsageError as e:
-        UI().error(_usage_message(e), event="usage")
+        UI(log_format=_log_format_of(args)).error(_usage_message(e), event="usage")
         sys.exit(ExitStatus.USAGE)
     except UsageError as e:
         UI(log_format=_log_format_of(args)).error(str(e), event="usage")

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListen
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from epcat.endpoints import HALF_CLOSE_NONE, HALF_CLOSE_SHUTDOWN, HALF_CLOSE_TLS
 
@@ -36,7 +36,7 @@ HOLD_LIMIT = 256 * 1024
 TLS_CLOSE_GRACE = 10.0
 
 
-@implementer(IHalfCloseableProtocol, IHandshakeListener)
+@implementer(IHalfCloseableProtocol)
 class RelaySide(Protocol):
     """
     One side of a relayed pair: the protocol of the inbound connection, the
@@ -54,6 +54,13 @@ class RelaySide(Protocol):
     """
 
     def __init__(self, pair: Pair, role: str, half_close: str) -> None:
+        if half_close == HALF_CLOSE_TLS:
+            # Only TLS sides listen for the handshake.  Twisted's client
+            # endpoints wrap the protocol in _WrappingProtocol, which copies
+            # these interfaces with directlyProvides() in a loop, so the last
+            # one wins: a protocol providing both IHalfCloseableProtocol and
+            # IHandshakeListener loses half-close on tcp:/unix: clients.
+            alsoProvides(self, IHandshakeListener)
         self.pair = pair
         self.role = role
         self.half_close = half_close
@@ -310,7 +317,10 @@ class Pair:
 
     def _side_connected(self, side: RelaySide) -> None:
         self._on_event("connected" if side is self.outbound else "accepted", self, side)
-        if self.inbound.connected_at is not None and self.outbound.connected_at is not None:
+        both = self.inbound.connected_at is not None and self.outbound.connected_at is not None
+        if both and not self.joined:
+            # (the event handler above may have joined already: attaching
+            # stdin/stdout connects the other side synchronously)
             self._join()
 
     def _handshake_completed(self, side: RelaySide) -> None:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import ConnectingCancelledError, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
@@ -57,6 +57,11 @@ def pair_failure(pair: Pair) -> tuple[ExitStatus, str, RelaySide] | None:
                 status = ExitStatus.TLS_HANDSHAKE
                 text = "TLS handshake failed: connection closed during the handshake"
             return status, text, side
+        if side.half_close == HALF_CLOSE_TLS and reason.check(ConnectionLost):
+            # A TLS peer that closes TCP without close_notify after the
+            # handshake: common (curl, many servers), and Twisted reports it
+            # as ConnectionLost; the bytes it sent have all been relayed.
+            continue
         status, text = classify(reason)
         if status != ExitStatus.OK:
             return status, text, side
