@@ -43,9 +43,36 @@ class Settings:
     The global options, kept on the click context for the subcommands.
     """
 
-    def __init__(self, verbosity: int, log_format: str) -> None:
+    def __init__(self, verbosity: int, log_format: str, **options: Any) -> None:
         self.verbosity = verbosity
         self.log_format = log_format
+        self.options = options
+
+
+SECONDS = click.FloatRange(min=0, min_open=True)
+
+SUBCOMMANDS = ("listen", "connect", "endpoints")
+
+
+class Step(click.Command):
+    """
+    A subcommand of the chain whose options may follow its argument:
+    C{listen SERVER --once connect CLIENT --retry 3}.
+
+    click's chain mode stops a subcommand's parsing at its first argument;
+    this one takes everything up to the next subcommand name instead.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        cut = next(
+            (i for i, arg in enumerate(args) if i > 0 and arg in SUBCOMMANDS),
+            len(args),
+        )
+        head, tail = args[:cut], args[cut:]
+        ctx.allow_interspersed_args = True
+        rest = super().parse_args(ctx, head)
+        ctx.args = [*rest, *tail]
+        return ctx.args
 
 
 @click.group(
@@ -68,9 +95,37 @@ class Settings:
     show_default=True,
     help="Log lines on stderr as text or as one JSON object per line.",
 )
+@click.option(
+    "--idle-timeout",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="Close a relayed pair when no byte has moved either way for this long (socat -T).",
+)
+@click.option(
+    "--half-close-timeout",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="After one direction has ended, close the pair if the other has not ended "
+    "within this long (socat -t).  Default: no limit.",
+)
+@click.option(
+    "--progress",
+    is_flag=True,
+    help="Live bytes, rates and open pairs on stderr (only when stderr is a terminal).",
+)
+@click.option("--stats", is_flag=True, help="Print connection and byte totals to stderr at exit.")
+@click.option(
+    "--crlf", is_flag=True, help="Translate LF to CRLF in data read from stdin (ncat -C)."
+)
 @click.version_option(__version__, "-V", "--version", prog_name="epcat", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
+def cli(
+    ctx: click.Context,
+    verbose: int,
+    quiet: bool,
+    log_format: str,
+    **options: Any,
+) -> None:
     """Pipe bytes between two Twisted endpoints.
 
     \b
@@ -83,12 +138,61 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
     Global options go before the first subcommand.
     """
     verbosity = -1 if quiet else min(verbose, 2)
-    ctx.obj = Settings(verbosity, log_format)
+    ctx.obj = Settings(verbosity, log_format, **options)
 
 
-@cli.command()
+def _networks(option: str) -> Any:
+    def check(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> tuple:
+        from epcat.plan import check_network
+
+        try:
+            return tuple(check_network(v, option) for v in values)
+        except UsageError as e:
+            raise click.BadParameter(str(e).split(": ", 1)[1], ctx=ctx, param=param) from None
+
+    return check
+
+
+@cli.command(cls=Step)
 @click.argument("server", metavar="SERVER")
-def listen(server: str) -> tuple[str, str]:
+@click.option("--once", is_flag=True, help="Serve one connection and exit when it ends.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="At most N relayed pairs at once; further clients wait in the kernel backlog "
+    "and are served in turn.",
+)
+@click.option(
+    "--allow",
+    multiple=True,
+    metavar="CIDR",
+    callback=_networks("--allow"),
+    help="Serve only peers in this network (repeatable; IPv4 and IPv6).",
+)
+@click.option(
+    "--deny",
+    multiple=True,
+    metavar="CIDR",
+    callback=_networks("--deny"),
+    help="Refuse peers in this network (repeatable).",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM/SIGINT, let active pairs finish for up to this long, then close them.",
+)
+def listen(
+    server: str,
+    once: bool,
+    max_connections: int | None,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    drain_timeout: float,
+) -> tuple[str, Any]:
     """Listen on the server endpoint SERVER.
 
     SERVER is a Twisted server endpoint description, e.g. tcp:8080,
@@ -98,22 +202,89 @@ def listen(server: str) -> tuple[str, str]:
     connection gets its own connection to CLIENT; alone, the first accepted
     connection is joined to stdin/stdout and epcat exits when it ends.
     """
-    return ("listen", server)
+    from epcat.plan import ListenOptions
+
+    options = ListenOptions(once, max_connections, allow, deny, drain_timeout)
+    return ("listen", (server, options))
 
 
-@cli.command()
+@cli.command(cls=Step)
 @click.argument("client", metavar="CLIENT")
-def connect(client: str) -> tuple[str, str]:
+@click.option(
+    "--connect-timeout",
+    type=SECONDS,
+    metavar="SECONDS",
+    help="Give up a connection attempt after this long (exit 28).",
+)
+@click.option(
+    "--retry",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="After a failed attempt, up to N further attempts, spaced by exponential backoff.",
+)
+@click.option(
+    "--reconnect",
+    is_flag=True,
+    help="Keep the connection up for the life of the process, reconnecting with backoff.",
+)
+@click.option(
+    "--fail-after",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With --reconnect: exit with the failure's status after N failed attempts in a row.",
+)
+@click.option(
+    "--backoff-initial",
+    type=SECONDS,
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait before the first retry.",
+)
+@click.option(
+    "--backoff-max",
+    type=SECONDS,
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait between attempts.",
+)
+@click.option(
+    "--backoff-factor",
+    type=click.FloatRange(min=1.0),
+    default=1.5,
+    show_default=True,
+    metavar="F",
+    help="Growth of the wait after each failure.",
+)
+def connect(
+    client: str,
+    connect_timeout: float | None,
+    retry: int,
+    reconnect: bool,
+    fail_after: int | None,
+    backoff_initial: float,
+    backoff_max: float,
+    backoff_factor: float,
+) -> tuple[str, Any]:
     """Connect to the client endpoint CLIENT.
 
     CLIENT is a Twisted client endpoint description, e.g.
-    tcp:example.com:80, tcp:host=::1:port=80 (via tcp6), unix:/run/app.sock,
+    tcp:example.com:80, tcp:\\:\\:1:80 (IPv6), unix:/run/app.sock,
     tls:example.com:443, tls:localhost:8443:trustRoots=/path/to/ca-dir.
     Alone, the connection is joined to stdin/stdout (like 'nc host port');
     after 'listen SERVER', each accepted connection gets one; after another
     'connect', the two connections are joined.
     """
-    return ("connect", client)
+    from epcat.plan import ConnectOptions
+
+    if fail_after is not None and not reconnect:
+        raise UsageError("connect: --fail-after goes with --reconnect (for one-off attempts use --retry N)")
+    options = ConnectOptions(
+        connect_timeout, retry, reconnect, fail_after, backoff_initial, backoff_max, backoff_factor
+    )
+    return ("connect", (client, options))
 
 
 @cli.command()
@@ -142,7 +313,7 @@ def dispatch(ctx: click.Context, steps: Sequence[tuple[str, Any]], **_: Any) -> 
         return
     from epcat.plan import make_plan
 
-    plan = make_plan(steps, settings.verbosity, settings.log_format)
+    plan = make_plan(steps, settings.verbosity, settings.log_format, **settings.options)
     go(plan)
 
 

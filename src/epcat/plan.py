@@ -8,7 +8,7 @@ The CLI turns arguments into a L{Plan}; L{epcat.run} carries it out.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 from epcat.status import UsageError
 
@@ -17,6 +17,52 @@ RELAY = "relay"  # listen SERVER connect CLIENT
 CONNECT = "connect"  # connect CLIENT, with stdin/stdout
 LISTEN = "listen"  # listen SERVER, first connection with stdin/stdout
 TUNNEL = "tunnel"  # connect A connect B
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectOptions:
+    """
+    Options of one C{connect CLIENT}.
+
+    @ivar connect_timeout: seconds one connection attempt may take, or
+        L{None} for the endpoint's own limit.
+    @ivar retry: further attempts after a failed one.
+    @ivar reconnect: keep the connection up for the life of the process
+        (C{ClientService}).
+    @ivar fail_after: with C{reconnect}: give up after this many failures in a
+        row, or L{None} for never.
+    @ivar backoff_initial: seconds before the first retry.
+    @ivar backoff_max: the longest wait between attempts, in seconds.
+    @ivar backoff_factor: how much the wait grows after each failure.
+    """
+
+    connect_timeout: float | None = None
+    retry: int = 0
+    reconnect: bool = False
+    fail_after: int | None = None
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    backoff_factor: float = 1.5
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenOptions:
+    """
+    Options of C{listen SERVER}.
+
+    @ivar once: serve one connection, exit when it ends.
+    @ivar max_connections: at most this many relayed pairs at once.
+    @ivar allow: CIDR networks whose peers are served (empty: all).
+    @ivar deny: CIDR networks whose peers are refused.
+    @ivar drain_timeout: seconds open pairs get to finish after SIGTERM or
+        SIGINT.
+    """
+
+    once: bool = False
+    max_connections: int | None = None
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    drain_timeout: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,29 +83,107 @@ class Plan:
     connect: tuple[str, ...] = ()
     verbosity: int = 0
     log_format: str = "text"
+    listen_options: ListenOptions = ListenOptions()
+    connect_options: tuple[ConnectOptions, ...] = ()
+    idle_timeout: float | None = None
+    half_close_timeout: float | None = None
+    progress: bool = False
+    stats: bool = False
+    crlf: bool = False
+
+    @property
+    def reconnect(self) -> bool:
+        """
+        Is the outbound side persistent (C{--reconnect} after any C{connect})?
+        """
+        return any(o.reconnect for o in self.connect_options)
+
+    def options_for(self, index: int) -> ConnectOptions:
+        """
+        The options of the C{index}th C{connect}; in a tunnel, C{--reconnect}
+        and the backoff options given after either leg apply to both.
+        """
+        own = self.connect_options[index] if index < len(self.connect_options) else ConnectOptions()
+        if self.mode != TUNNEL:
+            return own
+        default = ConnectOptions()
+        merged = {}
+        for name in ("reconnect", "fail_after", "backoff_initial", "backoff_max", "backoff_factor"):
+            values = [getattr(o, name) for o in self.connect_options]
+            changed = [v for v in values if v != getattr(default, name)]
+            merged[name] = changed[0] if changed else getattr(own, name)
+        return dataclasses.replace(own, **merged)
+
+
+def check_network(cidr: str, option: str) -> str:
+    """
+    Check one C{--allow}/C{--deny}/C{--proxy-trusted} value.
+
+    @param cidr: e.g. C{"127.0.0.0/8"}, C{"::1"}, C{"10.1.2.3"}.
+    @raise UsageError: it is not an IPv4 or IPv6 network.
+    """
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise UsageError(
+            f"{option} {cidr!r}: not an IP network; e.g. 127.0.0.0/8, 192.0.2.7 or ::1/128"
+        ) from None
+    return cidr
 
 
 def make_plan(
-    steps: Sequence[tuple[str, str]], verbosity: int = 0, log_format: str = "text"
+    steps: Sequence[tuple[str, Any]],
+    verbosity: int = 0,
+    log_format: str = "text",
+    **global_options: Any,
 ) -> Plan:
     """
     Check the order of C{listen}/C{connect} subcommands and build a L{Plan}.
 
-    @param steps: (subcommand, endpoint description) in command-line order.
+    @param steps: (subcommand, (endpoint description, options)) in
+        command-line order; the options are a L{ListenOptions} or
+        L{ConnectOptions}, or absent.
+    @param global_options: the other L{Plan} fields (C{idle_timeout}, ...).
     @raise UsageError: for any order other than C{listen}, C{connect},
-        C{listen ... connect ...} and C{connect ... connect ...}.
+        C{listen ... connect ...} and C{connect ... connect ...}, or options
+        that do not fit the mode.
     """
     names = [name for name, _ in steps]
-    descriptions = [description for _, description in steps]
-    common = dict(verbosity=verbosity, log_format=log_format)
+    descriptions = []
+    listen_options = ListenOptions()
+    connect_options = []
+    for name, value in steps:
+        description, options = value if isinstance(value, tuple) else (value, None)
+        descriptions.append(description)
+        if name == "listen" and options is not None:
+            listen_options = options
+        elif name == "connect":
+            connect_options.append(options or ConnectOptions())
+    common = dict(
+        verbosity=verbosity,
+        log_format=log_format,
+        listen_options=listen_options,
+        connect_options=tuple(connect_options),
+        **global_options,
+    )
+    plan = None
     if names == ["listen"]:
-        return Plan(LISTEN, listen=descriptions[0], **common)
-    if names == ["connect"]:
-        return Plan(CONNECT, connect=(descriptions[0],), **common)
-    if names == ["listen", "connect"]:
-        return Plan(RELAY, listen=descriptions[0], connect=(descriptions[1],), **common)
-    if names == ["connect", "connect"]:
-        return Plan(TUNNEL, connect=tuple(descriptions), **common)
+        plan = Plan(LISTEN, listen=descriptions[0], **common)
+    elif names == ["connect"]:
+        plan = Plan(CONNECT, connect=(descriptions[0],), **common)
+    elif names == ["listen", "connect"]:
+        plan = Plan(RELAY, listen=descriptions[0], connect=(descriptions[1],), **common)
+    elif names == ["connect", "connect"]:
+        plan = Plan(TUNNEL, connect=tuple(descriptions), **common)
+    if plan is not None:
+        if plan.mode == RELAY and plan.reconnect:
+            raise UsageError(
+                "--reconnect keeps one outbound connection up: use it with 'connect CLIENT' "
+                "or 'connect A connect B'; for a relay use --retry N"
+            )
+        return plan
     if not names:
         raise UsageError("nothing to do: give 'listen SERVER' and/or 'connect CLIENT' (see epcat --help)")
     raise UsageError(

@@ -13,7 +13,6 @@ side goes away, and unregistering producers before closing.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -34,6 +33,35 @@ HOLD_LIMIT = 256 * 1024
 #: after epcat closed it, before it is aborted (twisted#7926: a TLS
 #: C{loseConnection} waits for the peer's close_notify and can hang).
 TLS_CLOSE_GRACE = 10.0
+
+
+def tls_shutdown_write(transport: Any) -> bool:
+    """
+    Send a TLS close_notify on C{transport} without closing it, so the peer
+    sees the end of epcat's data and can go on sending (RFC 8446 section
+    6.1).
+
+    @param transport: a C{TLSMemoryBIOProtocol} whose handshake is done and
+        whose buffered application data has been flushed.
+    @return: C{True} if the alert was written, C{False} if the TLS layer
+        would not do it (the caller should close instead).
+    """
+    from OpenSSL.SSL import WantReadError
+
+    try:
+        connection = transport.getHandle()
+        connection.shutdown()
+        while True:
+            try:
+                alert = connection.bio_read(65536)
+            except WantReadError:
+                break
+            if not alert:
+                break
+            transport.transport.write(alert)
+    except Exception:
+        return False
+    return True
 
 
 @implementer(IHalfCloseableProtocol)
@@ -72,6 +100,8 @@ class RelaySide(Protocol):
         self.lost_reason: Failure | None = None
         self.handshake_done = False
         self.connected_at: float | None = None
+        #: applied to every chunk read from this side (e.g. --crlf on stdin)
+        self.transform: Callable[[bytes], bytes] | None = None
         self._held: list[bytes] = []
         self._held_size = 0
         self._paused_for_hold = False
@@ -83,12 +113,14 @@ class RelaySide(Protocol):
     # IProtocol
 
     def connectionMade(self) -> None:
-        self.connected_at = time.monotonic()
+        self.connected_at = self.pair.reactor.seconds()
         self.pair._side_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_received += len(data)
-        self.pair.last_activity = time.monotonic()
+        self.pair.last_activity = self.pair.reactor.seconds()
+        if self.transform is not None:
+            data = self.transform(data)
         peer = self.peer
         if peer is not None:
             if not peer.write_ended:
@@ -158,7 +190,18 @@ class RelaySide(Protocol):
             peer.transport.writeSequence(held)
 
     def held_bytes(self) -> int:
+        """Bytes read from this side and not yet written to the other."""
         return self._held_size
+
+    def pause_until_joined(self) -> None:
+        """
+        Stop reading from this side until the other side is connected (while
+        the outbound connection is being retried, or the pair waits for a
+        free slot under --max-connections).
+        """
+        if not self._paused_for_hold and not self.lost and self.peer is None:
+            self._paused_for_hold = True
+            self.transport.pauseProducing()
 
     def shutdown_write(self) -> None:
         """
@@ -198,21 +241,7 @@ class RelaySide(Protocol):
         """
         if self.lost:
             return
-        transport = self.transport
-        try:
-            from OpenSSL.SSL import Error, WantReadError
-
-            connection = transport.getHandle()
-            connection.shutdown()
-            while True:
-                try:
-                    alert = connection.bio_read(65536)
-                except WantReadError:
-                    break
-                if not alert:
-                    break
-                transport.transport.write(alert)
-        except Exception:
+        if not tls_shutdown_write(self.transport):
             # The TLS layer would not half-close: fall back to closing after
             # everything written has been flushed.
             self._close()
@@ -282,16 +311,42 @@ class Pair:
         inbound_half_close: str = HALF_CLOSE_SHUTDOWN,
         outbound_half_close: str = HALF_CLOSE_SHUTDOWN,
         on_event: Callable[[str, Pair, RelaySide | None], None] | None = None,
+        idle_timeout: float | None = None,
+        half_close_timeout: float | None = None,
     ) -> None:
+        """
+        @param reactor: provides C{IReactorTime} (and is what the sides'
+            transports run on).
+        @param conn_id: the number that names this pair in logs.
+        @param inbound_half_close: how the first side half-closes.
+        @param outbound_half_close: how the second side half-closes.
+        @param on_event: called as C{on_event(event, pair, side)} for
+            C{accepted}, C{connected}, C{handshake}, C{failed}, C{closed}.
+        @param idle_timeout: seconds with no byte moved either way after
+            which the pair is closed (socat -T), or L{None}.
+        @param half_close_timeout: seconds the second direction may stay open
+            after the first has ended (socat -t), or L{None}.
+        """
         self.reactor = reactor
         self.conn_id = conn_id
+        self.idle_timeout = idle_timeout
+        self.half_close_timeout = half_close_timeout
+        self.close_reason: str | None = None
+        self._timers: dict[str, Any] = {}
         self.inbound = RelaySide(self, "inbound", inbound_half_close)
         self.outbound = RelaySide(self, "outbound", outbound_half_close)
         self.done: Deferred[Pair] = Deferred()
-        self.started_at = time.monotonic()
+        self.started_at = reactor.seconds()
         self.last_activity = self.started_at
         self.first_closer: str | None = None
         self.joined = False
+        #: descriptions of the two sides, for logs (L{None}: stdin/stdout)
+        self.inbound_description: str | None = None
+        self.outbound_description: str | None = None
+        #: the inbound side is stdin/stdout
+        self.stdio_inbound = False
+        #: failures are not worth reporting (epcat is stopping)
+        self.quiet = False
         self.outbound_failure: Failure | None = None
         self.attempt: Deferred[Any] | None = None
         self._on_event = on_event or (lambda event, pair, side: None)
@@ -332,6 +387,8 @@ class Pair:
             self._maybe_finish()
             return
         self.joined = True
+        if self.idle_timeout is not None:
+            self._timers["idle"] = self.reactor.callLater(self.idle_timeout, self._check_idle)
         a.peer, b.peer = b, a
         if not a.lost and not b.lost:
             a.transport.registerProducer(b.transport, True)
@@ -348,6 +405,10 @@ class Pair:
     def _read_ended(self, side: RelaySide) -> None:
         if self.first_closer is None:
             self.first_closer = side.role
+            if self.half_close_timeout is not None and not self._finished:
+                self._timers["half-close"] = self.reactor.callLater(
+                    self.half_close_timeout, self._half_close_expired
+                )
         if side.peer is None:
             return
         side.peer.shutdown_write()
@@ -380,16 +441,43 @@ class Pair:
         if not sides_gone or self.attempt is not None:
             return
         self._finished = True
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
         self._on_event("closed", self, None)
         self.done.callback(self)
 
+    # timeouts
+
+    def _check_idle(self) -> None:
+        idle_for = self.reactor.seconds() - self.last_activity
+        assert self.idle_timeout is not None
+        if idle_for >= self.idle_timeout:
+            self.close(f"idle timeout: nothing moved for {self.idle_timeout:g} s")
+        else:
+            self._timers["idle"] = self.reactor.callLater(
+                self.idle_timeout - idle_for, self._check_idle
+            )
+
+    def _half_close_expired(self) -> None:
+        self.close(
+            f"half-close timeout: the other direction did not end within "
+            f"{self.half_close_timeout:g} s"
+        )
+
     # control from outside
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
         """
         Close both sides after flushing what has been written to each, and
         stop any outbound attempt in progress.
+
+        @param reason: why, for the log (e.g. an idle timeout).
         """
+        if reason is not None and self.close_reason is None and not self._finished:
+            self.close_reason = reason
+            self._on_event("closing", self, None)
         if self.attempt is not None:
             attempt, self.attempt = self.attempt, None
             attempt.cancel()
@@ -412,7 +500,8 @@ class Pair:
 
     @property
     def duration(self) -> float:
-        return time.monotonic() - self.started_at
+        """Seconds since the pair was created."""
+        return self.reactor.seconds() - self.started_at
 
 
 class SideFactory(Factory):

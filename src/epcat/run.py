@@ -1,6 +1,7 @@
-# -*- test-case-name: tests.test_run -*-
+# -*- test-case-name: tests.e2e -*-
 """
-Carry out a L{Plan}: listen, accept, dial, relay, and decide the exit status.
+Carry out a L{Plan}: listen, accept, dial, relay, stop, and decide the exit
+status.
 
 Every function here takes the reactor as an argument; nothing imports the
 global reactor.  L{run} is what C{twisted.internet.task.react} calls.
@@ -8,64 +9,93 @@ global reactor.  L{run} is what C{twisted.internet.task.react} calls.
 
 from __future__ import annotations
 
+import collections
+import ipaddress
 import itertools
-import time
-from typing import Any
+import signal
+from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectingCancelledError, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.internet.stdio import StandardIO
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from epcat import plan as modes
-from epcat.endpoints import (
-    HALF_CLOSE_SHUTDOWN,
-    HALF_CLOSE_TLS,
-    half_close_mode,
-    parse_client,
-    parse_server,
-)
-from epcat.plan import Plan
+from epcat.dial import Dial, connect_with_timeout, policy_for
+from epcat.endpoints import HALF_CLOSE_SHUTDOWN, half_close_mode, parse_client, parse_server
+from epcat.plan import ConnectOptions, Plan
 from epcat.relay import Pair, RelaySide, SideFactory
+from epcat.report import Reporter, pair_failure
 from epcat.status import EpcatError, ExitStatus, classify
 from epcat.ui import UI, address_fields, format_address
 
-#: Seconds open pairs get to finish after SIGTERM/SIGINT before they are
+#: During a graceful stop, a pair counts as finished once nothing has moved
+#: for this many seconds (as nginx closes idle keep-alive connections at once
+#: and lets active requests finish).
+DRAIN_IDLE = 1.0
+
+#: Seconds a pair closed at the end of a drain gets to flush before it is
 #: aborted.
-DRAIN_TIMEOUT = 10.0
+CLOSE_GRACE = 2.0
 
 
-def pair_failure(pair: Pair) -> tuple[ExitStatus, str, RelaySide] | None:
+class CrlfTranslator:
     """
-    Did this pair end because something failed, and how?
-
-    @return: (status, reason, side) for an outbound attempt that failed, a
-        TLS handshake that failed, or a connection reset; L{None} for a pair
-        that ended normally.
+    C{--crlf}: turn LF into CRLF in data read from stdin (ncat -C), leaving
+    existing CRLF alone, across chunk boundaries.
     """
-    if pair.outbound_failure is not None:
-        status, reason = classify(pair.outbound_failure)
-        return status, reason, pair.outbound
-    for side in (pair.outbound, pair.inbound):
-        reason = side.lost_reason
-        if reason is None or side.connected_at is None:
-            continue
-        if side.half_close == HALF_CLOSE_TLS and not side.handshake_done:
-            status, text = classify(reason)
-            if status in (ExitStatus.OK, ExitStatus.FAILURE):
-                status = ExitStatus.TLS_HANDSHAKE
-                text = "TLS handshake failed: connection closed during the handshake"
-            return status, text, side
-        if side.half_close == HALF_CLOSE_TLS and reason.check(ConnectionLost):
-            # A TLS peer that closes TCP without close_notify after the
-            # handshake: common (curl, many servers), and Twisted reports it
-            # as ConnectionLost; the bytes it sent have all been relayed.
-            continue
-        status, text = classify(reason)
-        if status != ExitStatus.OK:
-            return status, text, side
-    return None
+
+    def __init__(self) -> None:
+        self._last_cr = False
+
+    def __call__(self, data: bytes) -> bytes:
+        if not data:
+            return data
+        out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self._last_cr and data.startswith(b"\n"):
+            out = out[1:]  # the CR came at the end of the previous chunk
+        self._last_cr = data.endswith(b"\r")
+        return out
+
+
+class AccessList:
+    """
+    C{--allow} / C{--deny}: which peers a listener serves.
+
+    @ivar allow: networks to serve; empty means everyone not denied.
+    @ivar deny: networks to refuse.
+    """
+
+    def __init__(self, allow: tuple[str, ...], deny: tuple[str, ...]) -> None:
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow]
+        self.deny = [ipaddress.ip_network(n, strict=False) for n in deny]
+
+    def __bool__(self) -> bool:
+        return bool(self.allow or self.deny)
+
+    def refuses(self, address: Any) -> str | None:
+        """
+        Why a peer at C{address} is refused, or L{None} if it is served.
+        Only IP peers are checked; UNIX-socket and stdio peers pass.
+        """
+        host = getattr(address, "host", None)
+        if host is None:
+            return None
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for network in self.deny:
+            if ip.version == network.version and ip in network:
+                return f"denied by --deny {network}"
+        if self.allow and not any(
+            ip.version == n.version and ip in n for n in self.allow
+        ):
+            return "not in any --allow network"
+        return None
 
 
 class Runner:
@@ -79,11 +109,28 @@ class Runner:
         self.reactor = reactor
         self.plan = plan
         self.ui = ui
+        options = plan.listen_options
+        self.one_connection = plan.mode == modes.LISTEN or (
+            plan.mode == modes.RELAY and options.once
+        )
+        self.reporter = Reporter(
+            ui,
+            # failures end the process, so they are errors, not warnings
+            one_shot=(plan.mode != modes.RELAY or options.once) and not plan.reconnect,
+            tunnel=plan.mode == modes.TUNNEL,
+        )
+        self.access = AccessList(options.allow, options.deny)
         self.pairs: set[Pair] = set()
         self.ports: list[Any] = []
+        self.services: list[Any] = []
+        self.queue: collections.deque[Pair] = collections.deque()
+        self._started: set[Pair] = set()
+        self._outbound: dict[Pair, Callable[[], None]] = {}
         self._ids = itertools.count(1)
         self._stopping = False
-        self._one_shot = plan.mode != modes.RELAY
+        self._signals = 0
+        self._accept_paused = False
+        self._served = False
 
     # -- entry
 
@@ -105,15 +152,20 @@ class Runner:
         server = parse_server(self.reactor, plan.listen) if plan.listen else None
         clients = [parse_client(self.reactor, d) for d in plan.connect]
         self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        self._install_signal_handlers()
         if plan.mode == modes.RELAY:
             return self._listen(server, clients[0])
         if plan.mode == modes.LISTEN:
             return self._listen(server, None)
         if plan.mode == modes.CONNECT:
+            if plan.reconnect:
+                return self._connect_stdio_persistent(clients[0])
             return self._connect_stdio(clients[0])
+        if plan.reconnect:
+            return self._tunnel_persistent(clients[0], clients[1])
         return self._tunnel(clients[0], clients[1])
 
-    # -- modes
+    # -- listening
 
     @defer.inlineCallbacks
     def _listen(self, server: Any, client: Any) -> Any:
@@ -123,26 +175,12 @@ class Runner:
 
         class InboundFactory(Factory):
             def buildProtocol(self, addr: Any) -> RelaySide | None:
-                if client is None and runner.pairs:
-                    return None  # one-shot: only the first connection
-                pair = runner._new_pair(
-                    half_close_mode(plan.listen or ""),
-                    half_close_mode(plan.connect[0]) if client else HALF_CLOSE_SHUTDOWN,
-                )
-                if client is not None:
-                    pair.outbound_description = plan.connect[0]
-                    pair.dial = lambda: runner._dial(pair, client, plan.connect[0])
-                else:
-                    pair.outbound_description = "stdio"
-                    pair.dial = lambda: runner._attach_stdio(pair, pair.outbound)
-                    pair.done.addCallback(runner._status_of).chainDeferred(done)
-                    runner._stop_listening()
-                return pair.inbound
+                return runner._accept(addr, client, done)
 
         try:
             port = yield server.listen(InboundFactory())
         except Exception as e:
-            status, reason = classify(Failure(e))
+            _, reason = classify(Failure(e))
             raise EpcatError(ExitStatus.FAILURE, f"cannot listen on {plan.listen}: {reason}")
         self.ports.append(port)
         host = port.getHost()
@@ -156,13 +194,90 @@ class Runner:
         status = yield done
         return status
 
+    def _accept(self, addr: Any, client: Any, done: defer.Deferred[int]) -> RelaySide | None:
+        """
+        A connection arrived: refuse it, queue it, or start relaying it.
+        """
+        plan = self.plan
+        if self._stopping or (self.one_connection and self._served):
+            return None
+        why = self.access.refuses(addr)
+        if why is not None:
+            self.reporter.refused(addr, why)
+            return None
+        pair = self._new_pair(
+            half_close_mode(plan.listen or ""),
+            half_close_mode(plan.connect[0]) if client else HALF_CLOSE_SHUTDOWN,
+        )
+        pair.inbound_description = plan.listen
+        if client is not None:
+            description = plan.connect[0]
+            pair.outbound_description = description
+            self._outbound[pair] = lambda: self._dial(
+                pair, client, description, plan.options_for(0)
+            )
+        else:
+            pair.outbound_description = "stdio"
+            self._outbound[pair] = lambda: self._attach_stdio(pair.outbound, crlf=True)
+        if self.one_connection:
+            self._served = True
+            pair.done.addCallback(self._status_of).chainDeferred(done)
+            self._stop_listening()
+        limit = plan.listen_options.max_connections
+        if limit is not None and len(self._started) >= limit:
+            self.queue.append(pair)
+        return pair.inbound
+
+    def _start(self, pair: Pair) -> None:
+        """
+        Begin relaying an accepted pair: dial its outbound side.
+        """
+        self._started.add(pair)
+        limit = self.plan.listen_options.max_connections
+        if limit is not None and len(self._started) >= limit:
+            self._pause_accepting()
+        start = self._outbound.pop(pair, None)
+        if start is not None:
+            start()
+
+    def _pause_accepting(self) -> None:
+        if self._accept_paused:
+            return
+        self._accept_paused = True
+        for port in self.ports:
+            stop = getattr(port, "stopReading", None)
+            if stop is not None:
+                stop()
+
+    def _resume_accepting(self) -> None:
+        if not self._accept_paused or self._stopping:
+            return
+        self._accept_paused = False
+        for port in self.ports:
+            start = getattr(port, "startReading", None)
+            if start is not None:
+                start()
+
+    def _stop_listening(self) -> None:
+        ports, self.ports = self.ports, []
+        for port in ports:
+            port.stopListening()
+
+    # -- one-shot modes
+
     def _connect_stdio(self, client: Any) -> defer.Deferred[int]:
         description = self.plan.connect[0]
         pair = self._new_pair(HALF_CLOSE_SHUTDOWN, half_close_mode(description))
         pair.stdio_inbound = True
         pair.outbound_description = description
-        d = self._dial(pair, client, description, then=lambda: self._attach_stdio(pair, pair.inbound))
-        del d
+        self._started.add(pair)
+        self._dial(
+            pair,
+            client,
+            description,
+            self.plan.options_for(0),
+            then=lambda: self._attach_stdio(pair.inbound, crlf=True),
+        )
         return pair.done.addCallback(self._status_of)
 
     def _tunnel(self, first: Any, second: Any) -> defer.Deferred[int]:
@@ -170,18 +285,161 @@ class Runner:
         pair = self._new_pair(half_close_mode(a), half_close_mode(b))
         pair.inbound_description = a
         pair.outbound_description = b
-        pair.dial = lambda: self._dial(pair, second, b)
-        self._log_connecting(pair, a)
-        attempt = first.connect(SideFactory(pair.inbound))
-        pair.attempt = attempt
+        self._outbound[pair] = lambda: self._dial(pair, second, b, self.plan.options_for(1))
+        self._started.add(pair)
+        self.reporter.connecting(pair, a)
+        dial = Dial(
+            self.reactor,
+            first,
+            SideFactory(pair.inbound),
+            self.plan.options_for(0),
+            on_retry=lambda f, delay, n: self.reporter.retrying(pair, a, f, delay, n),
+        )
+        pair.attempt = dial.result
 
         def failed(failure: Failure) -> None:
             # The first leg failed: report it as the pair's failure.
             pair.outbound_description = a
             pair.outbound_failed(failure)
 
-        attempt.addCallbacks(lambda _: self._attempt_done(pair, attempt), failed)
+        dial.result.addCallbacks(lambda _: self._attempt_done(pair, dial.result), failed)
         return pair.done.addCallback(self._status_of)
+
+    # -- persistent modes (--reconnect)
+
+    def _logging_endpoint(self, endpoint: Any, description: str,
+                          options: ConnectOptions) -> Any:
+        """
+        Wrap an endpoint for C{ClientService}: each attempt gets the connect
+        timeout, and each failure is reported (ClientService itself only logs
+        through Twisted's logger).
+        """
+        runner = self
+        failures = [0]
+
+        class Endpoint:
+            def connect(self, factory: Any) -> defer.Deferred[Any]:
+                runner.ui.info("connecting", f"connecting to {description}", endpoint=description)
+                d = connect_with_timeout(runner.reactor, endpoint, factory,
+                                         options.connect_timeout)
+
+                def connected(protocol: Any) -> Any:
+                    failures[0] = 0
+                    return protocol
+
+                def failed(failure: Failure) -> Failure:
+                    failures[0] += 1
+                    giving_up = options.fail_after is not None and failures[0] >= options.fail_after
+                    if not runner._stopping and not giving_up:
+                        _, reason = classify(failure)
+                        runner.ui.warning(
+                            f"cannot connect to {description}: {reason}; will retry",
+                            event="retrying",
+                            endpoint=description,
+                            reason=reason,
+                        )
+                    return failure
+
+                return d.addCallbacks(connected, failed)
+
+        return Endpoint()
+
+    def _service(self, endpoint: Any, description: str, options: ConnectOptions,
+                 factory: Any) -> Any:
+        from twisted.application.internet import ClientService
+
+        service = ClientService(
+            self._logging_endpoint(endpoint, description, options),
+            factory,
+            retryPolicy=policy_for(options),
+            clock=self.reactor,
+        )
+        service.startService()
+        self.services.append(service)
+        return service
+
+    def _watch(self, service: Any, description: str, options: ConnectOptions,
+               done: defer.Deferred[int]) -> None:
+        """
+        With C{--fail-after N}: end the run with the failure's status when
+        N attempts in a row fail.
+        """
+        if options.fail_after is None or done.called:
+            return
+
+        def failed(failure: Failure) -> None:
+            if done.called or self._stopping or failure.check(defer.CancelledError):
+                return
+            status, reason = classify(failure)
+            done.errback(EpcatError(
+                status,
+                f"cannot connect to {description}: {reason} "
+                f"(gave up after {options.fail_after} attempt(s))",
+            ))
+
+        service.whenConnected(failAfterFailures=options.fail_after).addErrback(failed)
+
+    def _tunnel_persistent(self, first: Any, second: Any) -> defer.Deferred[int]:
+        """
+        C{connect A connect B --reconnect}: keep leg A up with
+        C{ClientService}; each time it connects, dial B and join the two;
+        when either drops, both are closed and A is re-established.
+        """
+        a, b = self.plan.connect
+        options_a, options_b = self.plan.options_for(0), self.plan.options_for(1)
+        runner = self
+        done: defer.Deferred[int] = defer.Deferred()
+        failures_b = [0]
+
+        def pair_done(pair: Pair) -> None:
+            if pair.outbound_failure is not None and pair.inbound.connected_at is not None:
+                failures_b[0] += 1
+                limit = options_b.fail_after
+                if limit is not None and failures_b[0] >= limit and not done.called:
+                    status, reason = classify(pair.outbound_failure)
+                    done.errback(EpcatError(
+                        status, f"cannot connect to {b}: {reason} (gave up after {limit} attempt(s))"
+                    ))
+                    return
+            elif pair.joined:
+                failures_b[0] = 0
+            runner._watch(service, a, options_a, done)
+
+        class LegFactory(Factory):
+            def buildProtocol(self, addr: Any) -> RelaySide:
+                pair = runner._new_pair(half_close_mode(a), half_close_mode(b))
+                pair.inbound_description = a
+                pair.outbound_description = b
+                runner._outbound[pair] = lambda: runner._dial(pair, second, b, options_b)
+                runner._started.add(pair)
+                pair.done.addCallback(pair_done)
+                return pair.inbound
+
+        service = self._service(first, a, options_a, LegFactory())
+        self._watch(service, a, options_a, done)
+        return done
+
+    def _connect_stdio_persistent(self, client: Any) -> defer.Deferred[int]:
+        """
+        C{connect X --reconnect}: stdin/stdout stay open while the connection
+        to X is re-established with C{ClientService} whenever it drops.
+        """
+        from epcat.persistent import StdioHub
+
+        description = self.plan.connect[0]
+        options = self.plan.options_for(0)
+        done: defer.Deferred[int] = defer.Deferred()
+        hub = StdioHub(self.reactor, self.ui, half_close_mode(description), done)
+        self._attach_stdio(hub, crlf=True)
+        service = self._service(client, description, options, hub.leg_factory())
+        hub.service = service
+
+        def watch_again(_: Any = None) -> None:
+            self._watch(service, description, options, done)
+
+        hub.on_leg_lost = watch_again
+        watch_again()
+        return done
 
     # -- pairs
 
@@ -192,216 +450,196 @@ class Runner:
             inbound_half_close,
             outbound_half_close,
             on_event=self._on_event,
+            idle_timeout=self.plan.idle_timeout,
+            half_close_timeout=self.plan.half_close_timeout,
         )
-        pair.stdio_inbound = False
-        pair.inbound_description = self.plan.listen
-        pair.outbound_description = None
-        pair.dial = None
         self.pairs.add(pair)
         pair.done.addBoth(self._forget, pair)
         return pair
 
     def _forget(self, result: Any, pair: Pair) -> Any:
         self.pairs.discard(pair)
+        self._outbound.pop(pair, None)
+        if pair in self.queue:
+            self.queue.remove(pair)
+        if pair in self._started:
+            self._started.discard(pair)
+            self._admit_queued()
         return result
 
-    def _dial(self, pair: Pair, client: Any, description: str, then: Any = None) -> Any:
-        self._log_connecting(pair, description)
-        attempt = client.connect(SideFactory(pair.outbound))
-        pair.attempt = attempt
+    def _admit_queued(self) -> None:
+        limit = self.plan.listen_options.max_connections
+        while self.queue and (limit is None or len(self._started) < limit):
+            if self._stopping:
+                return
+            pair = self.queue.popleft()
+            if not pair.inbound.lost:
+                self._start(pair)  # its inbound side resumes when joined
+        if limit is None or len(self._started) < limit:
+            self._resume_accepting()
+
+    def _on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
+        self.reporter.on_event(event, pair, side)
+        if event == "accepted" and pair not in self._started:
+            if pair in self.queue:
+                pair.inbound.pause_until_joined()
+            else:
+                self._start(pair)
+        elif event == "accepted" and pair in self._outbound:
+            start = self._outbound.pop(pair)
+            start()
+
+    def _dial(
+        self,
+        pair: Pair,
+        client: Any,
+        description: str,
+        options: ConnectOptions,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        self.reporter.connecting(pair, description)
+
+        def retrying(failure: Failure, delay: float, attempt: int) -> None:
+            self.reporter.retrying(pair, description, failure, delay, attempt)
+            if pair.inbound.connected_at is not None:
+                pair.inbound.pause_until_joined()
+
+        dial = Dial(self.reactor, client, SideFactory(pair.outbound), options, on_retry=retrying)
+        pair.attempt = dial.result
 
         def connected(_: Any) -> None:
-            self._attempt_done(pair, attempt)
+            self._attempt_done(pair, dial.result)
             if then is not None:
                 then()
 
-        attempt.addCallbacks(connected, pair.outbound_failed)
-        return attempt
+        dial.result.addCallbacks(connected, pair.outbound_failed)
 
     def _attempt_done(self, pair: Pair, attempt: Any) -> None:
         if pair.attempt is attempt:
             pair.attempt = None
         pair._maybe_finish()
 
-    def _attach_stdio(self, pair: Pair, side: RelaySide) -> None:
-        StandardIO(side, reactor=self.reactor)
-
-    def _stop_listening(self) -> None:
-        ports, self.ports = self.ports, []
-        for port in ports:
-            port.stopListening()
+    def _attach_stdio(self, protocol: Any, crlf: bool = False) -> None:
+        if crlf and self.plan.crlf:
+            protocol.transform = CrlfTranslator()
+        StandardIO(protocol, reactor=self.reactor)
 
     def _status_of(self, pair: Pair) -> int:
         failure = pair_failure(pair)
         if failure is None:
             return ExitStatus.OK
         status, _, _ = failure
-        raise EpcatError(status, "")  # already reported by _on_event
+        raise EpcatError(status, "")  # already reported by the Reporter
 
-    # -- events
+    # -- signals and stopping
 
-    def _log_connecting(self, pair: Pair, description: str) -> None:
-        self.ui.info(
-            "connecting",
-            f"[{pair.conn_id}] connecting to {description}",
-            conn=pair.conn_id,
-            endpoint=description,
-        )
+    def _install_signal_handlers(self) -> None:
+        """
+        SIGTERM/SIGINT: a graceful stop (the reactor's shutdown, which runs
+        L{_shutdown}); a second one closes everything at once.  SIGUSR1: the
+        table of open pairs.  Installed once the reactor runs, after the
+        reactor's own handlers.
+        """
+        reactor = self.reactor
 
-    def _on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
-        ui = self.ui
-        if event == "accepted":
-            if pair.inbound_description is not None and not pair.stdio_inbound:
-                transport = side.transport
-                peer, host = transport.getPeer(), transport.getHost()
-                if self.plan.mode == modes.TUNNEL:
-                    ui.info(
-                        "connected",
-                        f"[{pair.conn_id}] connected to {format_address(peer)} "
-                        f"from {format_address(host)}",
-                        conn=pair.conn_id,
-                        endpoint=pair.inbound_description,
-                        peer=format_address(peer),
-                        local=format_address(host),
-                    )
-                else:
-                    ui.info(
-                        "accepted",
-                        f"[{pair.conn_id}] accepted {format_address(peer)} "
-                        f"on {format_address(host)}",
-                        conn=pair.conn_id,
-                        peer=format_address(peer),
-                        local=format_address(host),
-                    )
-            if pair.dial is not None:
-                pair.dial()
-        elif event == "connected":
-            if pair.outbound_description == "stdio" or side.transport is None:
-                return
-            peer, host = side.transport.getPeer(), side.transport.getHost()
-            ui.info(
-                "connected",
-                f"[{pair.conn_id}] connected to {format_address(peer)} from {format_address(host)}",
-                conn=pair.conn_id,
-                endpoint=pair.outbound_description,
-                peer=format_address(peer),
-                local=format_address(host),
-            )
-        elif event == "handshake":
-            self._log_handshake(pair, side)
-        elif event == "failed":
-            self._log_failed(pair)
-        elif event == "closed":
-            self._log_closed(pair)
+        def install() -> None:
+            try:
+                signal.signal(signal.SIGINT, self._on_stop_signal)
+                signal.signal(signal.SIGTERM, self._on_stop_signal)
+                signal.signal(signal.SIGUSR1, self._on_table_signal)
+            except ValueError:
+                pass  # not the main thread (tests)
 
-    def _log_handshake(self, pair: Pair, side: RelaySide) -> None:
-        if not self.ui.enabled("info"):
-            return
-        try:
-            connection = side.transport.getHandle()
-            version = connection.get_protocol_version_name()
-            cipher = connection.get_cipher_name()
-            alpn = connection.get_alpn_proto_negotiated() or b""
-        except Exception:
-            return
-        alpn_text = alpn.decode("ascii", "replace")
-        self.ui.info(
-            "tls",
-            f"[{pair.conn_id}] TLS handshake done with {side.role} side: {version}, {cipher}"
-            + (f", ALPN {alpn_text}" if alpn_text else ""),
-            conn=pair.conn_id,
-            side=side.role,
-            tls_version=version,
-            cipher=cipher,
-            alpn=alpn_text or None,
-        )
-
-    def _log_failed(self, pair: Pair) -> None:
-        failure = pair.outbound_failure
-        if failure is None or getattr(pair, "_quiet_failure", False):
-            return
-        if failure.check(defer.CancelledError, ConnectingCancelledError) and (
-            self._stopping or pair.inbound.lost
-        ):
-            return  # we stopped it ourselves
-        status, reason = classify(failure)
-        message = f"cannot connect to {pair.outbound_description}: {reason}"
-        if self._one_shot:
-            self.ui.error(message, event="failed", conn=pair.conn_id, status=int(status),
-                          endpoint=pair.outbound_description)
+        if getattr(reactor, "running", False):
+            install()
         else:
-            self.ui.warning(f"[{pair.conn_id}] {message}", event="failed", conn=pair.conn_id,
-                            status=int(status), endpoint=pair.outbound_description)
+            reactor.callWhenRunning(install)
 
-    def _log_closed(self, pair: Pair) -> None:
-        failure = pair_failure(pair)
-        if failure is not None and pair.outbound_failure is None:
-            status, reason, side = failure
-            if side is pair.outbound:
-                what = f"{pair.outbound_description}"
-            else:
-                what = f"{pair.inbound_description or 'stdio'}"
-            if side.half_close == HALF_CLOSE_TLS and not side.handshake_done:
-                if side is pair.outbound:
-                    message = f"cannot connect to {what}: {reason}"
-                else:
-                    message = f"TLS handshake with a client on {what} failed: {reason}"
-            else:
-                message = f"connection on {what} failed: {reason}"
-            if self._one_shot:
-                self.ui.error(message, event="failed", conn=pair.conn_id, status=int(status))
-            else:
-                self.ui.warning(f"[{pair.conn_id}] {message}", event="failed",
-                                conn=pair.conn_id, status=int(status))
-        if not self.ui.enabled("info"):
-            return
-        sent = pair.inbound.bytes_received
-        received = pair.outbound.bytes_received
-        first = pair.first_closer or "-"
-        self.ui.info(
-            "closed",
-            f"[{pair.conn_id}] closed: {sent} bytes inbound->outbound, "
-            f"{received} bytes outbound->inbound, {pair.duration:.3f} s, "
-            f"{first} side ended first",
-            conn=pair.conn_id,
-            bytes_in_to_out=sent,
-            bytes_out_to_in=received,
-            duration=round(pair.duration, 6),
-            first_closer=pair.first_closer,
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.reactor.callFromThread(self._stop_reactor)
+        else:
+            self.reactor.callFromThread(self._abort_all)
+
+    def _stop_reactor(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def _on_table_signal(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(
+            lambda: self.reporter.table(list(self.pairs), self.reactor.seconds())
         )
-
-    # -- stopping
 
     def _shutdown(self) -> defer.Deferred[Any] | None:
         """
         Before the reactor shuts down (SIGTERM, SIGINT, or the end of a
-        one-shot run): stop listening, close every open pair cleanly, and
-        abort what has not finished within L{DRAIN_TIMEOUT} seconds.
+        one-shot run): stop listening and reconnecting; in a relay, let
+        active pairs finish for up to C{--drain-timeout} seconds, closing each
+        as soon as nothing has moved on it for L{DRAIN_IDLE} seconds; then
+        close what is left cleanly, and abort what has not closed
+        L{CLOSE_GRACE} seconds later.
         """
         self._stopping = True
-        waits = [port.stopListening() for port in self.ports]
-        self.ports = []
+        self.reporter.stopping = True
+        self._stop_listening()
+        waits: list[defer.Deferred[Any]] = []
+        for service in self.services:
+            waits.append(defer.maybeDeferred(service.stopService))
+        self.services = []
+        for pair in list(self.queue):
+            pair.close()
         pairs = list(self.pairs)
         if pairs:
-            self.ui.info("stopping", f"stopping: closing {len(pairs)} open connection(s)")
+            self.ui.info("stopping", f"stopping: {len(pairs)} open connection(s)")
+        drain = self.plan.mode == modes.RELAY and self.plan.listen_options.drain_timeout > 0
         for pair in pairs:
-            pair._quiet_failure = True
-            pair.close()
+            pair.quiet = True
             waits.append(pair.done)
-        if not waits:
-            return None
-        all_done = defer.DeferredList([defer.maybeDeferred(lambda w=w: w) for w in waits],
-                                      consumeErrors=True)
-        timer = self.reactor.callLater(DRAIN_TIMEOUT, self._abort_all)
-        started = time.monotonic()
+        if not drain:
+            for pair in pairs:
+                pair.close()
+        else:
+            self._drain_idle()
+        finished = defer.DeferredList(waits, consumeErrors=True)
+        calls = []
+        if drain:
+            loop = LoopingCall(self._drain_idle)
+            loop.clock = self.reactor
+            loop.start(0.2, now=False)
+            calls.append(loop)
+            timeout = self.plan.listen_options.drain_timeout
+            calls.append(self.reactor.callLater(timeout, self._close_all))
+            calls.append(self.reactor.callLater(timeout + CLOSE_GRACE, self._abort_all))
+        else:
+            calls.append(self.reactor.callLater(CLOSE_GRACE, self._abort_all))
 
-        def finished(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            self.ui.debug("stopped", f"stopped after {time.monotonic() - started:.3f} s")
+        def stopped(result: Any) -> Any:
+            for call in calls:
+                if isinstance(call, LoopingCall):
+                    if call.running:
+                        call.stop()
+                elif call.active():
+                    call.cancel()
+            if self.plan.stats:
+                self.reporter.print_stats(list(self.pairs))
             return result
 
-        return all_done.addBoth(finished)
+        return finished.addBoth(stopped)
+
+    def _drain_idle(self) -> None:
+        now = self.reactor.seconds()
+        for pair in list(self.pairs):
+            if not pair.joined or now - pair.last_activity >= DRAIN_IDLE:
+                pair.close("stopping")
+
+    def _close_all(self) -> None:
+        for pair in list(self.pairs):
+            pair.close("drain timeout")
 
     def _abort_all(self) -> None:
         for pair in list(self.pairs):
@@ -416,3 +654,6 @@ def run(reactor: Any, plan: Plan, ui: UI) -> defer.Deferred[int]:
         L{EpcatError} / L{epcat.status.UsageError}.
     """
     return defer.maybeDeferred(Runner(reactor, plan, ui).run)
+
+
+__all__ = ["run", "Runner", "CrlfTranslator", "AccessList", "pair_failure"]

@@ -53,6 +53,24 @@ class EpcatError(Exception):
         self.message = message
 
 
+class TimedOut(Exception):
+    """
+    epcat gave up on something because a timeout it was given expired.
+
+    @ivar seconds: the timeout, in seconds.
+    @ivar what: what timed out, for the message.
+    """
+
+    def __init__(self, seconds: float, what: str = "") -> None:
+        super().__init__(seconds, what)
+        self.seconds = seconds
+        self.what = what
+
+    def __str__(self) -> str:
+        what = f"{self.what} " if self.what else ""
+        return f"{what}timed out after {self.seconds:g} s"
+
+
 def _openssl_reason(error: BaseException) -> str:
     """
     Turn a pyOpenSSL C{Error} into the human part of its reason strings.
@@ -95,6 +113,8 @@ def classify(failure: Failure | BaseException, timed_out: bool = False) -> tuple
     from twisted.internet import defer, error
 
     exc = failure.value if hasattr(failure, "value") else failure
+    if isinstance(exc, TimedOut):
+        return ExitStatus.TIMEOUT, str(exc)
     if isinstance(exc, (defer.CancelledError, error.ConnectingCancelledError)):
         if timed_out:
             return ExitStatus.TIMEOUT, "timed out"

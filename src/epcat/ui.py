@@ -82,6 +82,13 @@ class UI:
         else:
             self._write(line + "\n")
 
+    def raw(self, text: str) -> None:
+        """
+        Write C{text} to stderr as it is, whatever the verbosity (tables that
+        were asked for).
+        """
+        self._write(text)
+
     def error(self, message: str, event: str = "error", **fields: Any) -> None:
         self.emit("error", event, message, **fields)
 

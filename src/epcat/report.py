@@ -1,0 +1,321 @@
+# -*- test-case-name: tests.unit.test_report -*-
+"""
+What epcat tells people about connections: the -v events, failures at the
+default verbosity, totals for C{--stats} and the SIGUSR1 table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectingCancelledError, ConnectionLost
+
+from epcat.endpoints import HALF_CLOSE_TLS
+from epcat.relay import Pair, RelaySide
+from epcat.status import ExitStatus, classify
+from epcat.ui import UI, address_fields, format_address
+
+
+def pair_failure(pair: Pair) -> tuple[ExitStatus, str, RelaySide] | None:
+    """
+    Did this pair end because something failed, and how?
+
+    @return: (status, reason, side) for an outbound attempt that failed, a
+        TLS handshake that failed, or a connection reset; L{None} for a pair
+        that ended normally.
+    """
+    if pair.outbound_failure is not None:
+        status, reason = classify(pair.outbound_failure)
+        return status, reason, pair.outbound
+    for side in (pair.outbound, pair.inbound):
+        reason = side.lost_reason
+        if reason is None or side.connected_at is None:
+            continue
+        if side.half_close == HALF_CLOSE_TLS and not side.handshake_done:
+            status, text = classify(reason)
+            if status in (ExitStatus.OK, ExitStatus.FAILURE):
+                status = ExitStatus.TLS_HANDSHAKE
+                text = "TLS handshake failed: connection closed during the handshake"
+            return status, text, side
+        if side.half_close == HALF_CLOSE_TLS and reason.check(ConnectionLost):
+            # A TLS peer that closes TCP without close_notify after the
+            # handshake: common (curl, many servers), and Twisted reports it
+            # as ConnectionLost; the bytes it sent have all been relayed.
+            continue
+        if pair.close_reason is not None and reason.check(ConnectionLost):
+            continue  # we aborted it ourselves (timeout, drain)
+        status, text = classify(reason)
+        if status != ExitStatus.OK:
+            return status, text, side
+    return None
+
+
+class Totals:
+    """
+    Counters over the life of the process, for C{--stats} and SIGUSR1.
+    """
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused = 0
+        self.failed = 0
+        self.closed = 0
+        self.bytes_in_to_out = 0
+        self.bytes_out_to_in = 0
+
+
+class Reporter:
+    """
+    Turns pair events into log lines.
+
+    @ivar one_shot: failures end the process (stdin/stdout and tunnel modes),
+        so they are errors rather than warnings.
+    """
+
+    def __init__(self, ui: UI, one_shot: bool, tunnel: bool = False) -> None:
+        self.ui = ui
+        self.one_shot = one_shot
+        self.tunnel = tunnel
+        self.totals = Totals()
+        self.stopping = False
+
+    # -- events
+
+    def on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
+        handler = getattr(self, f"_on_{event}", None)
+        if handler is not None:
+            handler(pair, side)
+
+    def _on_accepted(self, pair: Pair, side: RelaySide) -> None:
+        if pair.stdio_inbound:
+            return
+        transport = side.transport
+        peer, host = transport.getPeer(), transport.getHost()
+        if self.tunnel:
+            self.ui.info(
+                "connected",
+                f"[{pair.conn_id}] connected to {format_address(peer)} from {format_address(host)}",
+                conn=pair.conn_id,
+                endpoint=pair.inbound_description,
+                peer=format_address(peer),
+                local=format_address(host),
+            )
+            return
+        self.totals.accepted += 1
+        self.ui.info(
+            "accepted",
+            f"[{pair.conn_id}] accepted {format_address(peer)} on {format_address(host)}",
+            conn=pair.conn_id,
+            peer=format_address(peer),
+            local=format_address(host),
+            peer_address=address_fields(peer) or None,
+        )
+
+    def _on_connected(self, pair: Pair, side: RelaySide) -> None:
+        if pair.outbound_description == "stdio" or side.transport is None:
+            return
+        peer, host = side.transport.getPeer(), side.transport.getHost()
+        self.ui.info(
+            "connected",
+            f"[{pair.conn_id}] connected to {format_address(peer)} from {format_address(host)}",
+            conn=pair.conn_id,
+            endpoint=pair.outbound_description,
+            peer=format_address(peer),
+            local=format_address(host),
+        )
+
+    def _on_handshake(self, pair: Pair, side: RelaySide) -> None:
+        if not self.ui.enabled("info"):
+            return
+        try:
+            connection = side.transport.getHandle()
+            version = connection.get_protocol_version_name()
+            cipher = connection.get_cipher_name()
+            alpn = connection.get_alpn_proto_negotiated() or b""
+        except Exception:
+            return
+        alpn_text = alpn.decode("ascii", "replace")
+        self.ui.info(
+            "tls",
+            f"[{pair.conn_id}] TLS handshake done with {side.role} side: {version}, {cipher}"
+            + (f", ALPN {alpn_text}" if alpn_text else ""),
+            conn=pair.conn_id,
+            side=side.role,
+            tls_version=version,
+            cipher=cipher,
+            alpn=alpn_text or None,
+        )
+
+    def connecting(self, pair: Pair, description: str) -> None:
+        self.ui.info(
+            "connecting",
+            f"[{pair.conn_id}] connecting to {description}",
+            conn=pair.conn_id,
+            endpoint=description,
+        )
+
+    def retrying(self, pair: Pair, description: str, failure: Any, delay: float,
+                 attempt: int) -> None:
+        _, reason = classify(failure)
+        self.ui.info(
+            "retrying",
+            f"[{pair.conn_id}] cannot connect to {description}: {reason}; "
+            f"attempt {attempt} in {delay:.1f} s",
+            conn=pair.conn_id,
+            endpoint=description,
+            reason=reason,
+            delay=round(delay, 3),
+            attempt=attempt,
+        )
+
+    def refused(self, address: Any, why: str) -> None:
+        self.totals.refused += 1
+        self.ui.warning(
+            f"refused {format_address(address)}: {why}",
+            event="refused",
+            peer=format_address(address),
+            reason=why,
+        )
+
+    def _on_failed(self, pair: Pair, side: RelaySide | None) -> None:
+        failure = pair.outbound_failure
+        if failure is None or pair.quiet:
+            return
+        if failure.check(defer.CancelledError, ConnectingCancelledError) and (
+            self.stopping or pair.inbound.lost or pair.close_reason
+        ):
+            return  # we stopped it ourselves
+        self.totals.failed += 1
+        status, reason = classify(failure)
+        self._failure(pair, status, f"cannot connect to {pair.outbound_description}: {reason}")
+
+    def _failure(self, pair: Pair, status: int, message: str) -> None:
+        fields = dict(event="failed", conn=pair.conn_id, status=int(status))
+        if self.one_shot:
+            self.ui.error(message, **fields)
+        else:
+            self.ui.warning(f"[{pair.conn_id}] {message}", **fields)
+
+    def _on_closing(self, pair: Pair, side: RelaySide | None) -> None:
+        self.ui.info(
+            "closing",
+            f"[{pair.conn_id}] closing: {pair.close_reason}",
+            conn=pair.conn_id,
+            reason=pair.close_reason,
+        )
+
+    def _on_closed(self, pair: Pair, side: RelaySide | None) -> None:
+        totals = self.totals
+        totals.closed += 1
+        totals.bytes_in_to_out += pair.inbound.bytes_received
+        totals.bytes_out_to_in += pair.outbound.bytes_received
+        failure = pair_failure(pair)
+        if failure is not None and pair.outbound_failure is None and not pair.quiet:
+            status, reason, failed_side = failure
+            totals.failed += 1
+            if failed_side is pair.outbound:
+                what = pair.outbound_description
+            else:
+                what = pair.inbound_description or "stdio"
+            if failed_side.half_close == HALF_CLOSE_TLS and not failed_side.handshake_done:
+                if failed_side is pair.outbound:
+                    message = f"cannot connect to {what}: {reason}"
+                else:
+                    message = f"TLS handshake with a client on {what} failed: {reason}"
+            else:
+                message = f"connection on {what} failed: {reason}"
+            self._failure(pair, status, message)
+        if not self.ui.enabled("info") or (pair.outbound_failure and not pair.joined):
+            return
+        sent = pair.inbound.bytes_received
+        received = pair.outbound.bytes_received
+        if pair.close_reason:
+            ending = f"closed by epcat: {pair.close_reason}"
+        elif pair.first_closer:
+            ending = f"{pair.first_closer} side ended first"
+        else:
+            ending = "closed by epcat"
+        self.ui.info(
+            "closed",
+            f"[{pair.conn_id}] closed: {sent} bytes inbound->outbound, "
+            f"{received} bytes outbound->inbound, {pair.duration:.3f} s, {ending}",
+            conn=pair.conn_id,
+            bytes_in_to_out=sent,
+            bytes_out_to_in=received,
+            duration=round(pair.duration, 6),
+            first_closer=pair.first_closer,
+            reason=pair.close_reason,
+        )
+
+    # -- tables
+
+    def table(self, pairs: list[Pair], now: float) -> None:
+        """
+        SIGUSR1: the open pairs (id, peers, bytes each way, age) and totals,
+        on stderr, whatever the verbosity (it was asked for).
+        """
+        lines = [f"{len(pairs)} open pair(s)"]
+        lines.append(f"{'id':>6}  {'inbound peer':<24} {'outbound peer':<24} "
+                     f"{'in->out':>12} {'out->in':>12} {'age s':>9}")
+        for pair in sorted(pairs, key=lambda p: p.conn_id):
+            lines.append(
+                f"{pair.conn_id:>6}  {_peer(pair.inbound):<24} {_peer(pair.outbound):<24} "
+                f"{pair.inbound.bytes_received:>12} {pair.outbound.bytes_received:>12} "
+                f"{now - pair.started_at:>9.1f}"
+            )
+        lines.append(self._totals_line(pairs))
+        if self.ui.log_format == "json":
+            self.ui.emit(
+                "error", "table", lines[0],
+                pairs=[{
+                    "conn": p.conn_id,
+                    "inbound_peer": _peer(p.inbound),
+                    "outbound_peer": _peer(p.outbound),
+                    "bytes_in_to_out": p.inbound.bytes_received,
+                    "bytes_out_to_in": p.outbound.bytes_received,
+                    "age": round(now - p.started_at, 3),
+                } for p in pairs],
+                **self._totals_fields(pairs),
+            )
+            return
+        self.ui.raw("\n".join(lines) + "\n")
+
+    def print_stats(self, pairs: list[Pair]) -> None:
+        """
+        C{--stats}: the totals, once, at exit.
+        """
+        if self.ui.log_format == "json":
+            self.ui.emit("error", "stats", "totals", **self._totals_fields(pairs))
+        else:
+            self.ui.raw("epcat: " + self._totals_line(pairs) + "\n")
+
+    def _totals_fields(self, pairs: list[Pair]) -> dict[str, int]:
+        t = self.totals
+        return {
+            "accepted": t.accepted,
+            "refused": t.refused,
+            "failed": t.failed,
+            "closed": t.closed,
+            "open": len(pairs),
+            "bytes_in_to_out": t.bytes_in_to_out + sum(p.inbound.bytes_received for p in pairs),
+            "bytes_out_to_in": t.bytes_out_to_in + sum(p.outbound.bytes_received for p in pairs),
+        }
+
+    def _totals_line(self, pairs: list[Pair]) -> str:
+        f = self._totals_fields(pairs)
+        return (
+            f"totals: {f['accepted']} accepted, {f['refused']} refused, {f['failed']} failed, "
+            f"{f['closed']} closed, {f['open']} open; {f['bytes_in_to_out']} bytes "
+            f"inbound->outbound, {f['bytes_out_to_in']} bytes outbound->inbound"
+        )
+
+
+def _peer(side: RelaySide) -> str:
+    transport = side.transport
+    if transport is None or side.connected_at is None:
+        return "-"
+    try:
+        return format_address(transport.getPeer())
+    except Exception:
+        return "?"
