@@ -153,6 +153,7 @@ class Runner:
         clients = [parse_client(self.reactor, d) for d in plan.connect]
         self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         self._install_signal_handlers()
+        self._start_progress()
         if plan.mode == modes.RELAY:
             return self._listen(server, clients[0])
         if plan.mode == modes.LISTEN:
@@ -531,6 +532,34 @@ class Runner:
         status, _, _ = failure
         raise EpcatError(status, "")  # already reported by the Reporter
 
+    # -- progress
+
+    def _start_progress(self) -> None:
+        from epcat.progress import ProgressDisplay, stdin_file_size
+
+        self._progress = None
+        if not self.plan.progress or not ProgressDisplay.wanted():
+            return
+        from_stdin_is_outbound = self.plan.mode == modes.LISTEN
+        total = None
+        if self.plan.mode in (modes.CONNECT, modes.LISTEN):
+            total = stdin_file_size()
+
+        def counters() -> tuple[int, int, int]:
+            fields = self.reporter._totals_fields(list(self.pairs))
+            sent, received = fields["bytes_in_to_out"], fields["bytes_out_to_in"]
+            if from_stdin_is_outbound:
+                sent, received = received, sent
+            return len(self.pairs), sent, received
+
+        self._progress = ProgressDisplay(self.reactor, counters, total)
+        self._progress.start()
+
+    def _stop_progress(self) -> None:
+        if getattr(self, "_progress", None) is not None:
+            self._progress.stop()
+            self._progress = None
+
     # -- signals and stopping
 
     def _install_signal_handlers(self) -> None:
@@ -619,6 +648,7 @@ class Runner:
             calls.append(self.reactor.callLater(CLOSE_GRACE, self._abort_all))
 
         def stopped(result: Any) -> Any:
+            self._stop_progress()
             for call in calls:
                 if isinstance(call, LoopingCall):
                     if call.running:
