@@ -195,7 +195,8 @@ def show_endpoints(type_name: str | None, out: IO[str]) -> None:
         for t in types:
             out.write(f"{t.prefix}: ({t.role}) {t.summary}\n")
             out.write(f"  provided by: {t.module}\n")
-            out.write(f"  arguments:   {t.prefix}:{t.arguments.replace(' ', ':') if t.arguments else ''}\n")
+            synopsis = t.arguments.replace(" ", ":") if t.arguments else ""
+            out.write(f"  arguments:   {t.prefix}:{synopsis}\n")
             out.write(f"  half-close:  {_half_close_words(t.prefix)}\n")
             for example in t.examples:
                 out.write(f"  example:     {example}\n")

@@ -11,7 +11,8 @@ C{--version} and shell completion stay fast.
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import click
 
@@ -117,7 +118,9 @@ class Step(click.Command):
 @click.option(
     "--crlf", is_flag=True, help="Translate LF to CRLF in data read from stdin (ncat -C)."
 )
-@click.version_option(__version__, "-V", "--version", prog_name="epcat", message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "-V", "--version", prog_name="epcat", message="%(prog)s %(version)s"
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -280,7 +283,9 @@ def connect(
     from epcat.plan import ConnectOptions
 
     if fail_after is not None and not reconnect:
-        raise UsageError("connect: --fail-after goes with --reconnect (for one-off attempts use --retry N)")
+        raise UsageError(
+            "connect: --fail-after goes with --reconnect (for one-off attempts use --retry N)"
+        )
     options = ConnectOptions(
         connect_timeout, retry, reconnect, fail_after, backoff_initial, backoff_max, backoff_factor
     )

@@ -8,7 +8,8 @@ C{backoffPolicy}.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred

@@ -109,6 +109,18 @@ def _parse(parser: Any, reactor: Any, description: str, kind: str) -> Any:
 
 _FUNC_PREFIX = re.compile(r"^[\w.]+\(\) ")
 
+#: a working description of each common type, for hints
+_EXAMPLES = {
+    ("server", "tcp"): "tcp:8080",
+    ("server", "tcp6"): "tcp6:8080",
+    ("server", "unix"): "unix:/tmp/app.sock",
+    ("server", "ssl"): "ssl:8443:privateKey=key.pem:certKey=cert.pem",
+    ("client", "tcp"): "tcp:example.com:80",
+    ("client", "unix"): "unix:/tmp/app.sock",
+    ("client", "tls"): "tls:example.com:443",
+    ("client", "ssl"): "ssl:example.com:443",
+}
+
 
 def explain_parse_error(description: str, kind: str, error: BaseException) -> str:
     """
@@ -138,7 +150,9 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
         m = re.search(r"missing \d+ required positional arguments?: (.*)", text)
         if m:
             names = m.group(1).replace("'", "")
-            return f"{quoted}: {etype}: missing {names}; e.g. 'tcp:example.com:80'"
+            example = _EXAMPLES.get((kind, etype))
+            hint = f"; e.g. {example!r}" if example else f"; see 'epcat endpoints {etype}'"
+            return f"{quoted}: {etype}: missing {names}{hint}"
         return f"{quoted}: {etype}: {text}"
     if isinstance(error, ValueError) and "invalid literal for int()" in text:
         value = text.rsplit(":", 1)[-1].strip()
@@ -150,13 +164,17 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
             f"{quoted}: no inherited socket at that index or name "
             "(is epcat started by systemd or systemd-socket-activate?)"
         )
-    if isinstance(error, OSError):
-        name = f" {error.filename!r}" if getattr(error, "filename", None) else ""
-        reason = error.strerror or str(error)
-        return f"{quoted}: cannot read{name}: {reason.lower()}"
     cls = type(error).__name__
     if cls == "UnlistableError":
-        return f"{quoted}: a directory it names cannot be listed (trustRoots= must be a directory)"
+        # (an OSError subclass from twisted.python.filepath, with no strerror)
+        return (
+            f"{quoted}: a directory it names cannot be listed "
+            "(trustRoots= and caCertsDir= must name a readable directory of CA certificates)"
+        )
+    if isinstance(error, OSError):
+        name = f" {error.filename!r}" if getattr(error, "filename", None) else ""
+        reason = error.strerror or str(error) or cls
+        return f"{quoted}: cannot read{name}: {reason.lower()}"
     return f"{quoted}: {text or cls}"
 
 

@@ -11,7 +11,8 @@ ended and the leg that carried its EOF has closed, or when stdout goes away.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer

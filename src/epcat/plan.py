@@ -8,7 +8,8 @@ The CLI turns arguments into a L{Plan}; L{epcat.run} carries it out.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from epcat.status import UsageError
 
@@ -185,7 +186,9 @@ def make_plan(
             )
         return plan
     if not names:
-        raise UsageError("nothing to do: give 'listen SERVER' and/or 'connect CLIENT' (see epcat --help)")
+        raise UsageError(
+            "nothing to do: give 'listen SERVER' and/or 'connect CLIENT' (see epcat --help)"
+        )
     raise UsageError(
         f"cannot run {' '.join(names)}: use 'listen SERVER [connect CLIENT]', "
         "'connect CLIENT' or 'connect CLIENT_A connect CLIENT_B'"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 #: seconds between refreshes
 INTERVAL = 0.25

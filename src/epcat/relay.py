@@ -13,7 +13,8 @@ side goes away, and unregistering producers before closing.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -23,7 +24,7 @@ from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from epcat.endpoints import HALF_CLOSE_NONE, HALF_CLOSE_SHUTDOWN, HALF_CLOSE_TLS
+from epcat.endpoints import HALF_CLOSE_SHUTDOWN, HALF_CLOSE_TLS
 
 #: Bytes held from one side while the other is not connected yet; past this
 #: the side's transport is paused until the other side is up.
@@ -409,6 +410,12 @@ class Pair:
                 self._timers["half-close"] = self.reactor.callLater(
                     self.half_close_timeout, self._half_close_expired
                 )
+        if self.inbound.read_ended and self.outbound.read_ended:
+            # Both directions have ended: what is left is flushing and
+            # closing, which the half-close timeout is not about.
+            timer = self._timers.pop("half-close", None)
+            if timer is not None and timer.active():
+                timer.cancel()
         if side.peer is None:
             return
         side.peer.shutdown_write()
@@ -422,10 +429,13 @@ class Pair:
             if other.connected_at is None:
                 # The other side never came up.  Keep the attempt going only
                 # if this side left bytes to deliver; else stop dialling.
-                if side is self.inbound and not side.held_bytes():
-                    if self.attempt is not None:
-                        attempt, self.attempt = self.attempt, None
-                        attempt.cancel()
+                if (
+                    side is self.inbound
+                    and not side.held_bytes()
+                    and self.attempt is not None
+                ):
+                    attempt, self.attempt = self.attempt, None
+                    attempt.cancel()
                 self._maybe_finish()
                 return
             return

@@ -13,7 +13,8 @@ import collections
 import ipaddress
 import itertools
 import signal
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
@@ -182,7 +183,9 @@ class Runner:
             port = yield server.listen(InboundFactory())
         except Exception as e:
             _, reason = classify(Failure(e))
-            raise EpcatError(ExitStatus.FAILURE, f"cannot listen on {plan.listen}: {reason}")
+            raise EpcatError(
+                ExitStatus.FAILURE, f"cannot listen on {plan.listen}: {reason}"
+            ) from None
         self.ports.append(port)
         host = port.getHost()
         self.ui.info(
@@ -398,9 +401,8 @@ class Runner:
                 limit = options_b.fail_after
                 if limit is not None and failures_b[0] >= limit and not done.called:
                     status, reason = classify(pair.outbound_failure)
-                    done.errback(EpcatError(
-                        status, f"cannot connect to {b}: {reason} (gave up after {limit} attempt(s))"
-                    ))
+                    message = f"cannot connect to {b}: {reason} (gave up after {limit} attempt(s))"
+                    done.errback(EpcatError(status, message))
                     return
             elif pair.joined:
                 failures_b[0] = 0

@@ -20,7 +20,8 @@ which is what pyOpenSSL does with that sentinel).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 _installed = False
 

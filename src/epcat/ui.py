@@ -77,10 +77,16 @@ class UI:
             return
         prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
         line = f"epcat: {prefix}{message}"
-        if self.stream.isatty() if hasattr(self.stream, "isatty") else False:
+        if self._is_terminal():
             self._rich(line, _STYLES[level])
         else:
             self._write(line + "\n")
+
+    def _is_terminal(self) -> bool:
+        try:
+            return bool(self.stream.isatty())
+        except (AttributeError, OSError, ValueError):
+            return False
 
     def raw(self, text: str) -> None:
         """

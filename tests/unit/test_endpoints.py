@@ -1,0 +1,245 @@
+"""
+Tests for L{epcat.endpoints}: friendly parse errors, half-close capability
+and type prefixes, with a L{MemoryReactor} so nothing listens or connects.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.testing import MemoryReactor
+
+from epcat.endpoints import (
+    HALF_CLOSE_NONE,
+    HALF_CLOSE_SHUTDOWN,
+    HALF_CLOSE_TLS,
+    client_types,
+    endpoint_type,
+    explain_parse_error,
+    half_close_mode,
+    parse_client,
+    parse_server,
+    server_types,
+)
+from epcat.status import UsageError
+
+
+@pytest.fixture
+def reactor() -> MemoryReactor:
+    return MemoryReactor()
+
+
+def server_error(reactor: MemoryReactor, description: str) -> str:
+    with pytest.raises(UsageError) as raised:
+        parse_server(reactor, description)
+    return str(raised.value)
+
+
+def client_error(reactor: MemoryReactor, description: str) -> str:
+    with pytest.raises(UsageError) as raised:
+        parse_client(reactor, description)
+    return str(raised.value)
+
+
+def assert_one_line(message: str, description: str) -> None:
+    assert "\n" not in message
+    assert repr(description) in message
+
+
+# -- what parses
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["tcp:8080", "tcp:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1", "unix:/tmp/x.sock"],
+)
+def test_parse_server(reactor: MemoryReactor, description: str) -> None:
+    assert IStreamServerEndpoint.providedBy(parse_server(reactor, description))
+    assert reactor.tcpServers == [] and reactor.unixServers == []  # nothing listens yet
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["tcp:example.com:80", "tcp:host=127.0.0.1:port=80:timeout=5", "unix:/tmp/x.sock"],
+)
+def test_parse_client(reactor: MemoryReactor, description: str) -> None:
+    assert IStreamClientEndpoint.providedBy(parse_client(reactor, description))
+    assert reactor.tcpClients == []
+
+
+def test_known_types() -> None:
+    assert {"tcp", "tcp6", "unix", "ssl", "tls", "haproxy", "systemd"} <= server_types()
+    assert {"tcp", "unix", "ssl", "tls"} <= client_types()
+
+
+# -- what does not, and what the user is told
+
+
+def test_misspelt_type_suggests_the_right_one(reactor: MemoryReactor) -> None:
+    message = server_error(reactor, "tpc:80")
+    assert_one_line(message, "tpc:80")
+    assert "did you mean tcp" in message
+    assert "known server types" in message
+    message = client_error(reactor, "tpc:example.com:80")
+    assert "did you mean tcp" in message
+    assert "known client types" in message
+
+
+def test_unknown_type_with_nothing_close(reactor: MemoryReactor) -> None:
+    message = client_error(reactor, "zzzzzz:1")
+    assert "unknown endpoint type 'zzzzzz'" in message
+    assert "did you mean" not in message
+
+
+def test_missing_port(reactor: MemoryReactor) -> None:
+    message = client_error(reactor, "tcp:example.com")
+    assert_one_line(message, "tcp:example.com")
+    assert "missing port" in message
+
+
+def test_empty_port(reactor: MemoryReactor) -> None:
+    message = client_error(reactor, "tcp:example.com:")
+    assert_one_line(message, "tcp:example.com:")
+    assert "expected a number" in message
+
+
+def test_missing_server_port(reactor: MemoryReactor) -> None:
+    message = server_error(reactor, "tcp")
+    assert_one_line(message, "tcp")
+    assert "missing port" in message
+
+
+@pytest.mark.parametrize(("kind", "description"), [("server", "tcp"), ("client", "unix")])
+def test_missing_argument_hint_fits_the_kind_and_type(
+    reactor: MemoryReactor, kind: str, description: str
+) -> None:
+    parse = parse_server if kind == "server" else parse_client
+    with pytest.raises(UsageError) as raised:
+        parse(reactor, description)
+    message = str(raised.value)
+    assert "missing" in message
+    example = re.search(r"e\.g\. '([^']*)'", message)
+    assert example is not None
+    assert endpoint_type(example.group(1)) == endpoint_type(description)
+    parse(reactor, example.group(1))  # the example itself must parse
+
+
+@pytest.mark.parametrize("kind", ["server", "client"])
+def test_unknown_keyword(reactor: MemoryReactor, kind: str) -> None:
+    if kind == "server":
+        message = server_error(reactor, "tcp:8080:bogus=1")
+    else:
+        message = client_error(reactor, "tcp:example.com:80:bogus=1")
+    assert "does not take bogus=" in message
+    assert "epcat endpoints" in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "description", "value"),
+    [
+        ("server", "tcp:http", "http"),
+        ("client", "tcp:example.com:abc", "abc"),
+        ("client", "tcp:host=example.com:port=x", "x"),
+    ],
+)
+def test_non_numeric_port(reactor: MemoryReactor, kind: str, description: str, value: str) -> None:
+    parse = server_error if kind == "server" else client_error
+    message = parse(reactor, description)
+    assert_one_line(message, description)
+    assert "expected a number" in message
+    assert value in message
+
+
+@pytest.mark.parametrize("description", ["tcp:8080\\", "unix:/tmp/x\\"])
+def test_trailing_backslash(reactor: MemoryReactor, description: str) -> None:
+    message = server_error(reactor, description)
+    assert_one_line(message, description)
+    assert "lone backslash" in message
+    assert "'\\:'" in message
+
+
+@pytest.mark.parametrize("description", ["", "   "])
+def test_empty_description(reactor: MemoryReactor, description: str) -> None:
+    assert "empty server endpoint" in server_error(reactor, description)
+    assert "empty client endpoint" in client_error(reactor, description)
+
+
+def test_unreadable_key_file_names_it(reactor: MemoryReactor, tmp_path: object) -> None:
+    missing = f"{tmp_path}/missing.pem"
+    message = server_error(reactor, f"ssl:0:privateKey={missing}")
+    assert f"cannot read '{missing}'" in message
+    assert "no such file or directory" in message
+
+
+def test_missing_trust_roots_directory(reactor: MemoryReactor, tmp_path: object) -> None:
+    missing = f"{tmp_path}/no-such-ca-dir"
+    message = client_error(reactor, f"tls:example.com:443:trustRoots={missing}")
+    assert "trustRoots" in message
+    assert not message.endswith(": ")
+
+
+def test_explain_parse_error_directly() -> None:
+    message = explain_parse_error("tcp:x", "client", RuntimeError("boom"))
+    assert message == "bad client endpoint description 'tcp:x': boom"
+    message = explain_parse_error("systemd:domain=INET:index=9", "server", IndexError("list"))
+    assert "no inherited socket" in message
+    message = explain_parse_error("tcp:x", "client", KeyError())
+    assert message.endswith(": KeyError")
+
+
+def test_explain_strips_the_function_name_from_type_errors() -> None:
+    error = TypeError("_parseFoo() takes 2 positional arguments but 3 were given")
+    message = explain_parse_error("foo:a:b", "server", error)
+    assert message.endswith("foo: takes 2 positional arguments but 3 were given")
+
+
+def test_usage_errors_from_parsers_pass_through(reactor: MemoryReactor) -> None:
+    def parser(reactor: object, description: str) -> None:
+        raise UsageError("already friendly")
+
+    from epcat.endpoints import _parse
+
+    with pytest.raises(UsageError, match="^already friendly$"):
+        _parse(parser, reactor, "x:1", "server")
+
+
+# -- half-close and types
+
+
+@pytest.mark.parametrize(
+    ("description", "mode"),
+    [
+        ("tcp:8080", HALF_CLOSE_SHUTDOWN),
+        ("TCP:8080", HALF_CLOSE_SHUTDOWN),
+        ("tcp6:8080:interface=\\:\\:1", HALF_CLOSE_SHUTDOWN),
+        ("unix:/tmp/x.sock", HALF_CLOSE_SHUTDOWN),
+        ("stdio:", HALF_CLOSE_SHUTDOWN),
+        ("systemd:domain=INET:index=0", HALF_CLOSE_SHUTDOWN),
+        ("tls:example.com:443", HALF_CLOSE_TLS),
+        ("ssl:8443:privateKey=k.pem", HALF_CLOSE_TLS),
+        ("haproxy:tcp:8080", HALF_CLOSE_NONE),
+        ("haproxy:ssl:8443:privateKey=k.pem", HALF_CLOSE_NONE),
+        ("onion:example.onion:80", HALF_CLOSE_NONE),
+        ("", HALF_CLOSE_NONE),
+    ],
+)
+def test_half_close_mode(description: str, mode: str) -> None:
+    assert half_close_mode(description) == mode
+
+
+@pytest.mark.parametrize(
+    ("description", "prefix"),
+    [
+        ("tcp:8080", "tcp"),
+        ("TLS:example.com:443", "tls"),
+        ("tcp6:8080:interface=\\:\\:1", "tcp6"),
+        ("unix:/run/a\\:b.sock", "unix"),
+        ("tcp:host=\\:\\:1:port=80", "tcp"),
+        ("stdio", "stdio"),
+        ("", ""),
+    ],
+)
+def test_endpoint_type(description: str, prefix: str) -> None:
+    assert endpoint_type(description) == prefix
