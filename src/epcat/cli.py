@@ -188,6 +188,23 @@ def _networks(option: str) -> Any:
     metavar="SECONDS",
     help="On SIGTERM/SIGINT, let active pairs finish for up to this long, then close them.",
 )
+@click.option(
+    "--proxy-trusted",
+    multiple=True,
+    metavar="CIDR",
+    callback=_networks("--proxy-trusted"),
+    help="haproxy: listeners: accept PROXY headers only from senders in this network "
+    "(repeatable).  Without it any client can claim any address.",
+)
+@click.option(
+    "--proxy-header-timeout",
+    type=SECONDS,
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="haproxy: listeners: close a connection whose PROXY header has not arrived "
+    "within this long.",
+)
 def listen(
     server: str,
     once: bool,
@@ -195,6 +212,8 @@ def listen(
     allow: tuple[str, ...],
     deny: tuple[str, ...],
     drain_timeout: float,
+    proxy_trusted: tuple[str, ...],
+    proxy_header_timeout: float,
 ) -> tuple[str, Any]:
     """Listen on the server endpoint SERVER.
 
@@ -207,7 +226,9 @@ def listen(
     """
     from epcat.plan import ListenOptions
 
-    options = ListenOptions(once, max_connections, allow, deny, drain_timeout)
+    options = ListenOptions(
+        once, max_connections, allow, deny, drain_timeout, proxy_trusted, proxy_header_timeout
+    )
     return ("listen", (server, options))
 
 
@@ -261,6 +282,12 @@ def listen(
     metavar="F",
     help="Growth of the wait after each failure.",
 )
+@click.option(
+    "--proxy-header",
+    type=click.Choice(["v1", "v2"]),
+    help="Send a PROXY protocol header (haproxy proxy-protocol.txt) first on every "
+    "connection, carrying the inbound connection's addresses; v2 adds TLS details.",
+)
 def connect(
     client: str,
     connect_timeout: float | None,
@@ -270,6 +297,7 @@ def connect(
     backoff_initial: float,
     backoff_max: float,
     backoff_factor: float,
+    proxy_header: str | None,
 ) -> tuple[str, Any]:
     """Connect to the client endpoint CLIENT.
 
@@ -287,7 +315,14 @@ def connect(
             "connect: --fail-after goes with --reconnect (for one-off attempts use --retry N)"
         )
     options = ConnectOptions(
-        connect_timeout, retry, reconnect, fail_after, backoff_initial, backoff_max, backoff_factor
+        connect_timeout,
+        retry,
+        reconnect,
+        fail_after,
+        backoff_initial,
+        backoff_max,
+        backoff_factor,
+        proxy_header,
     )
     return ("connect", (client, options))
 

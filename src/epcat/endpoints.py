@@ -37,7 +37,6 @@ _HALF_CLOSE_BY_TYPE = {
     "hostname": HALF_CLOSE_SHUTDOWN,
     "tls": HALF_CLOSE_TLS,
     "ssl": HALF_CLOSE_TLS,
-    "haproxy": HALF_CLOSE_NONE,
 }
 
 
@@ -64,7 +63,20 @@ def half_close_mode(description: str) -> str:
 
     @param description: an endpoint description string.
     """
-    return _HALF_CLOSE_BY_TYPE.get(endpoint_type(description), HALF_CLOSE_NONE)
+    kind = endpoint_type(description)
+    if kind == "haproxy":
+        # epcat's PROXY header wrapper passes half-close through (Twisted's
+        # own does not): the inner endpoint decides.
+        return half_close_mode(inner_description(description))
+    return _HALF_CLOSE_BY_TYPE.get(kind, HALF_CLOSE_NONE)
+
+
+def inner_description(description: str) -> str:
+    """
+    What a wrapper description wraps: C{"tcp:80"} for C{"haproxy:tcp:80"}.
+    """
+    parts = re.split(r"(?<!\\):", description, maxsplit=1)
+    return parts[1] if len(parts) > 1 else ""
 
 
 def parse_server(reactor: Any, description: str) -> Any:

@@ -35,6 +35,8 @@ class ConnectOptions:
     @ivar backoff_initial: seconds before the first retry.
     @ivar backoff_max: the longest wait between attempts, in seconds.
     @ivar backoff_factor: how much the wait grows after each failure.
+    @ivar proxy_header: C{"v1"} or C{"v2"}: send a PROXY header first on
+        every connection; L{None}: none.
     """
 
     connect_timeout: float | None = None
@@ -44,6 +46,7 @@ class ConnectOptions:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     backoff_factor: float = 1.5
+    proxy_header: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,10 @@ class ListenOptions:
     @ivar deny: CIDR networks whose peers are refused.
     @ivar drain_timeout: seconds open pairs get to finish after SIGTERM or
         SIGINT.
+    @ivar proxy_trusted: with a C{haproxy:} listener, CIDR networks allowed
+        to send PROXY headers (empty: anyone).
+    @ivar proxy_header_timeout: seconds a C{haproxy:} client may take to send
+        its PROXY header.
     """
 
     once: bool = False
@@ -64,6 +71,8 @@ class ListenOptions:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     drain_timeout: float = 10.0
+    proxy_trusted: tuple[str, ...] = ()
+    proxy_header_timeout: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +188,15 @@ def make_plan(
     elif names == ["connect", "connect"]:
         plan = Plan(TUNNEL, connect=tuple(descriptions), **common)
     if plan is not None:
+        from epcat.endpoints import endpoint_type
+
+        if plan.listen_options.proxy_trusted and (
+            plan.listen is None or endpoint_type(plan.listen) != "haproxy"
+        ):
+            raise UsageError(
+                "listen: --proxy-trusted applies to haproxy: listeners only "
+                f"(e.g. 'listen haproxy:{plan.listen or 'tcp:8080'}')"
+            )
         if plan.mode == RELAY and plan.reconnect:
             raise UsageError(
                 "--reconnect keeps one outbound connection up: use it with 'connect CLIENT' "

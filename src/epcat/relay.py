@@ -348,6 +348,9 @@ class Pair:
         self.stdio_inbound = False
         #: failures are not worth reporting (epcat is stopping)
         self.quiet = False
+        #: returns bytes to write to the outbound side before anything
+        #: relayed (a PROXY header)
+        self.preamble: Callable[[], bytes] | None = None
         self.outbound_failure: Failure | None = None
         self.attempt: Deferred[Any] | None = None
         self._on_event = on_event or (lambda event, pair, side: None)
@@ -391,6 +394,8 @@ class Pair:
         if self.idle_timeout is not None:
             self._timers["idle"] = self.reactor.callLater(self.idle_timeout, self._check_idle)
         a.peer, b.peer = b, a
+        if self.preamble is not None and not b.lost:
+            b.transport.write(self.preamble())
         if not a.lost and not b.lost:
             a.transport.registerProducer(b.transport, True)
             b.transport.registerProducer(a.transport, True)

@@ -103,13 +103,16 @@ class Reporter:
             )
             return
         self.totals.accepted += 1
+        proxied_by = getattr(transport, "proxied_by", None)
+        via = f" (from a PROXY header sent by {format_address(proxied_by)})" if proxied_by else ""
         self.ui.info(
             "accepted",
-            f"[{pair.conn_id}] accepted {format_address(peer)} on {format_address(host)}",
+            f"[{pair.conn_id}] accepted {format_address(peer)} on {format_address(host)}{via}",
             conn=pair.conn_id,
             peer=format_address(peer),
             local=format_address(host),
             peer_address=address_fields(peer) or None,
+            proxy_header_from=format_address(proxied_by) if proxied_by else None,
         )
 
     def _on_connected(self, pair: Pair, side: RelaySide) -> None:
@@ -176,6 +179,19 @@ class Reporter:
             event="refused",
             peer=format_address(address),
             reason=why,
+        )
+
+    def proxy_rejected(self, wrapper: Any, reason: str) -> None:
+        """
+        A connection to a C{haproxy:} listener closed without being relayed.
+        """
+        self.totals.refused += 1
+        sender = format_address(getattr(wrapper, "proxied_by", None))
+        self.ui.warning(
+            f"closed {sender}: {reason}",
+            event="proxy-header-rejected",
+            peer=sender,
+            reason=reason,
         )
 
     def _on_failed(self, pair: Pair, side: RelaySide | None) -> None:

@@ -24,7 +24,15 @@ from twisted.python.failure import Failure
 
 from epcat import plan as modes
 from epcat.dial import Dial, connect_with_timeout, policy_for
-from epcat.endpoints import HALF_CLOSE_SHUTDOWN, half_close_mode, parse_client, parse_server
+from epcat.endpoints import (
+    HALF_CLOSE_SHUTDOWN,
+    HALF_CLOSE_TLS,
+    endpoint_type,
+    half_close_mode,
+    inner_description,
+    parse_client,
+    parse_server,
+)
 from epcat.plan import ConnectOptions, Plan
 from epcat.relay import Pair, RelaySide, SideFactory
 from epcat.report import Reporter, pair_failure
@@ -150,7 +158,7 @@ class Runner:
         plan = self.plan
         # Parse every description first: a bad one is a usage error before
         # anything listens or connects.
-        server = parse_server(self.reactor, plan.listen) if plan.listen else None
+        server = self._parse_listen(plan.listen) if plan.listen else None
         clients = [parse_client(self.reactor, d) for d in plan.connect]
         self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         self._install_signal_handlers()
@@ -168,6 +176,29 @@ class Runner:
         return self._tunnel(clients[0], clients[1])
 
     # -- listening
+
+    def _parse_listen(self, description: str) -> Any:
+        """
+        Parse the server description; a C{haproxy:} one gets epcat's own
+        PROXY header wrapper (L{epcat.proxyproto}) around its inner endpoint.
+        """
+        if endpoint_type(description) != "haproxy":
+            return parse_server(self.reactor, description)
+        from epcat.proxyproto import ProxyHeaderEndpoint, ProxyHeaderFactory
+
+        inner = parse_server(self.reactor, inner_description(description))
+        options = self.plan.listen_options
+
+        def make_factory(factory: Any) -> ProxyHeaderFactory:
+            return ProxyHeaderFactory(
+                factory,
+                self.reactor,
+                timeout=options.proxy_header_timeout,
+                trusted=options.proxy_trusted,
+                on_reject=self.reporter.proxy_rejected,
+            )
+
+        return ProxyHeaderEndpoint(inner, make_factory)
 
     @defer.inlineCallbacks
     def _listen(self, server: Any, client: Any) -> Any:
@@ -205,6 +236,7 @@ class Runner:
         plan = self.plan
         if self._stopping or (self.one_connection and self._served):
             return None
+        # (behind a haproxy: listener, addr is the one the PROXY header carried)
         why = self.access.refuses(addr)
         if why is not None:
             self.reporter.refused(addr, why)
@@ -483,12 +515,32 @@ class Runner:
 
     def _on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
         self.reporter.on_event(event, pair, side)
-        if event == "accepted" and pair not in self._started:
+        if event == "accepted":
+            if self._wants_handshake_first(pair) and not pair.inbound.handshake_done:
+                return  # (keeps reading: the handshake needs it)
+            self._begin(pair)
+        elif event == "handshake" and side is pair.inbound and self._wants_handshake_first(pair):
+            self._begin(pair)
+
+    def _wants_handshake_first(self, pair: Pair) -> bool:
+        """
+        A v2 PROXY header describes the inbound TLS session, so with a TLS
+        inbound side the outbound connection waits for the handshake.
+        """
+        options = self.plan.options_for(1 if self.plan.mode == modes.TUNNEL else 0)
+        return (
+            options.proxy_header == "v2"
+            and pair.inbound.half_close == HALF_CLOSE_TLS
+            and not pair.stdio_inbound
+        )
+
+    def _begin(self, pair: Pair) -> None:
+        if pair not in self._started:
             if pair in self.queue:
                 pair.inbound.pause_until_joined()
             else:
                 self._start(pair)
-        elif event == "accepted" and pair in self._outbound:
+        elif pair in self._outbound:
             start = self._outbound.pop(pair)
             start()
 
@@ -501,6 +553,14 @@ class Runner:
         then: Callable[[], None] | None = None,
     ) -> None:
         self.reporter.connecting(pair, description)
+        if options.proxy_header is not None:
+            from epcat.proxyproto import encode_header
+
+            inbound = pair.inbound
+            version = options.proxy_header
+            pair.preamble = lambda: encode_header(
+                version, None if pair.stdio_inbound else inbound.transport, pair.conn_id
+            )
 
         def retrying(failure: Failure, delay: float, attempt: int) -> None:
             self.reporter.retrying(pair, description, failure, delay, attempt)

@@ -1,0 +1,409 @@
+# -*- test-case-name: tests.unit.test_proxyproto -*-
+"""
+The PROXY protocol, both ways (haproxy's proxy-protocol.txt, versions 1 and
+2).
+
+Receiving: L{ProxyHeaderEndpoint} is what epcat puts behind a C{haproxy:}
+description.  It reads the header with Twisted's own parsers
+(C{twisted.protocols.haproxy}), and does what Twisted's wrapper does not:
+the wrapped protocol is connected only once the header has been parsed (so
+nothing sees the proxy's address as the peer), a header split across reads is
+buffered until complete (Twisted's wrapper drops a first read shorter than 8
+(v1) or 16 (v2) bytes), half-close passes through, the header must arrive
+within a time limit, and only trusted senders may send one.
+
+Sending: L{encode_header} builds the header for an outbound connection from
+the inbound transport, with the C{proxy-protocol} package's encoders.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, implementer, providedBy
+
+#: proxy-protocol.txt section 2.2: the 12-byte v2 signature.
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+#: section 2.1: a v1 header starts with "PROXY" and a space.
+V1_START = b"PROXY "
+#: section 2.1: a v1 line is at most 107 bytes, CRLF included.
+V1_MAX = 107
+
+
+class ProxyHeaderRejected(Exception):
+    """
+    A connection to a C{haproxy:} listener was closed before it was relayed.
+    """
+
+
+def _header_kind(buffer: bytes) -> str | None:
+    """
+    Which PROXY version C{buffer} starts with: C{"v1"}, C{"v2"}, L{None} when
+    more bytes are needed to tell.
+
+    @raise InvalidProxyHeader: the bytes can start no PROXY header.
+    """
+    if buffer[: len(V2_SIGNATURE)] == V2_SIGNATURE[: len(buffer)]:
+        if len(buffer) < 13:
+            return None
+        if buffer[12] & 0xF0 != 0x20:
+            raise InvalidProxyHeader("unknown PROXY protocol v2 version")
+        return "v2"
+    if buffer[: len(V1_START)] == V1_START[: len(buffer)]:
+        return "v1" if len(buffer) >= len(V1_START) else None
+    raise InvalidProxyHeader("no PROXY header")
+
+
+@implementer(IHalfCloseableProtocol)
+class ProxyHeaderWrapper(ProtocolWrapper):
+    """
+    Reads a PROXY header, then builds the wrapped protocol (with the address
+    the header carried, so the wrapped factory's C{buildProtocol} can refuse
+    it) and connects it; its C{getPeer}/C{getHost} return the addresses the
+    header carried.
+
+    @ivar proxy_info: the parsed header (C{ProxyInfo}), once it has arrived.
+    @ivar proxied_by: the address of the sender of the header (the proxy).
+    """
+
+    factory: ProxyHeaderFactory
+
+    def __init__(self, factory: ProxyHeaderFactory, wrappedProtocol: Any = None) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self.proxy_info: Any = None
+        self.proxied_by: Any = None
+        self._buffer = b""
+        self._parser: V1Parser | V2Parser | None = None
+        self._timer: Any = None
+        self._rejected = False
+
+    # -- connection
+
+    def makeConnection(self, transport: Any) -> None:
+        # ProtocolWrapper.makeConnection, but the wrapped protocol is
+        # connected only once the header has arrived.
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+
+    def connectionMade(self) -> None:
+        self.proxied_by = self.transport.getPeer()
+        if not self.factory.trusts(self.proxied_by):
+            self._reject("PROXY header sender is not in any --proxy-trusted network")
+            return
+        timeout = self.factory.timeout
+        if timeout is not None:
+            self._timer = self.factory.reactor.callLater(timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        self._reject(f"no complete PROXY header within {self.factory.timeout:g} s", abort=True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.proxy_info is not None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        if self._rejected:
+            return
+        try:
+            info, rest = self._feed(data)
+        except InvalidProxyHeader as e:
+            self._reject(f"malformed PROXY header ({str(e) or 'invalid header'})")
+            return
+        if info is None:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.proxy_info = info
+        protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
+        if protocol is None:
+            # refused by the wrapped factory (e.g. --deny); it has said why
+            self._rejected = True
+            self.transport.loseConnection()
+            return
+        self.wrappedProtocol = protocol
+        protocol.makeConnection(self)
+        if rest and self.wrappedProtocol is not None:
+            self.wrappedProtocol.dataReceived(rest)
+
+    def _feed(self, data: bytes) -> tuple[Any, bytes]:
+        if self._parser is not None:
+            return self._parser.feed(data)
+        self._buffer += data
+        kind = _header_kind(self._buffer)
+        if kind is None:
+            return None, b""
+        if kind == "v2" and len(self._buffer) < 16:
+            # Twisted's V2Parser rejects a first feed shorter than 16 bytes.
+            return None, b""
+        self._parser = V2Parser() if kind == "v2" else V1Parser()
+        buffered, self._buffer = self._buffer, b""
+        return self._parser.feed(buffered)
+
+    def _reject(self, reason: str, abort: bool = False) -> None:
+        if self._rejected:
+            return
+        self._rejected = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.factory.rejected(self, reason)
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # -- half-close and loss
+
+    def readConnectionLost(self) -> None:
+        if self.wrappedProtocol is None:
+            self._reject("connection closed before a complete PROXY header")
+            return
+        half = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if half is not None:
+            half.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        half = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if half is not None:
+            half.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.wrappedProtocol is None:
+            if not self._rejected:
+                self._rejected = True
+                self.factory.rejected(self, "connection closed before a complete PROXY header")
+            self.factory.unregisterProtocol(self)
+            return
+        super().connectionLost(reason)
+
+    # -- addresses
+
+    def getPeer(self) -> Any:
+        if self.proxy_info is not None and self.proxy_info.source is not None:
+            return self.proxy_info.source
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        if self.proxy_info is not None and self.proxy_info.destination is not None:
+            return self.proxy_info.destination
+        return self.transport.getHost()
+
+
+class ProxyHeaderFactory(WrappingFactory):
+    """
+    Wraps every connection in a L{ProxyHeaderWrapper}.
+
+    @ivar timeout: seconds a connection may take to send its header, or
+        L{None}.
+    @ivar trusted: networks allowed to send headers; empty: everyone.
+    @ivar on_reject: called as C{on_reject(wrapper, reason)} for every
+        connection closed without being relayed.
+    """
+
+    protocol = ProxyHeaderWrapper
+
+    def __init__(
+        self,
+        wrappedFactory: Any,
+        reactor: Any,
+        timeout: float | None = 5.0,
+        trusted: Sequence[str] = (),
+        on_reject: Callable[[ProxyHeaderWrapper, str], None] | None = None,
+    ) -> None:
+        super().__init__(wrappedFactory)
+        self.reactor = reactor
+        self.timeout = timeout
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+        self.on_reject = on_reject
+
+    def trusts(self, address: Any) -> bool:
+        """
+        May the peer at C{address} send a PROXY header?
+        """
+        if not self.trusted:
+            return True
+        ip = _ip_of(address)
+        return ip is not None and any(ip.version == n.version and ip in n for n in self.trusted)
+
+    def rejected(self, wrapper: ProxyHeaderWrapper, reason: str) -> None:
+        if self.on_reject is not None:
+            self.on_reject(wrapper, reason)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        # The wrapped protocol is built once the header says who the peer is.
+        return self.protocol(self)
+
+
+class ProxyHeaderEndpoint:
+    """
+    A server endpoint that expects a PROXY header on every connection of the
+    endpoint it wraps.  Takes the place of Twisted's C{proxyEndpoint} for
+    epcat's C{haproxy:} listeners.
+    """
+
+    def __init__(self, wrapped: Any, make_factory: Callable[[Any], ProxyHeaderFactory]) -> None:
+        """
+        @param wrapped: the inner C{IStreamServerEndpoint}.
+        @param make_factory: builds the L{ProxyHeaderFactory} around the
+            factory C{listen} is given.
+        """
+        self._wrapped = wrapped
+        self._make_factory = make_factory
+
+    def listen(self, factory: Any) -> Any:
+        return self._wrapped.listen(self._make_factory(factory))
+
+
+def _ip_of(address: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    host = getattr(address, "host", None)
+    if host is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+# -- sending
+
+
+def tls_details(transport: Any) -> dict[str, Any] | None:
+    """
+    What a TLS transport negotiated, for the v2 TLVs: C{version}, C{cipher},
+    C{cn} (the client certificate's common name), C{sni}, C{alpn}.
+
+    @return: L{None} when C{transport} is not TLS.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return None
+    try:
+        connection = get_handle()
+        version = connection.get_protocol_version_name()
+    except Exception:  # not an OpenSSL connection
+        return None
+    if not hasattr(connection, "get_cipher_name"):
+        return None
+    cn = None
+    certificate = connection.get_peer_certificate()
+    if certificate is not None:
+        for key, value in certificate.get_subject().get_components():
+            if key == b"CN":
+                cn = value.decode("utf-8", "replace")
+    servername = connection.get_servername()
+    return {
+        "version": version,
+        "cipher": connection.get_cipher_name(),
+        "cn": cn,
+        "sni": servername.decode("idna") if servername else None,
+        "alpn": connection.get_alpn_proto_negotiated() or None,
+    }
+
+
+def encode_header(version: str, transport: Any, conn_id: int | None = None) -> bytes:
+    """
+    The PROXY header that tells the next hop where C{transport}'s connection
+    came from (haproxy proxy-protocol.txt: version 1 is section 2.1, version 2
+    section 2.2, its TLVs section 2.2.7 and 2.2.5 for PP2_TYPE_SSL).
+
+    TCP over IPv4 or IPv6 carries the source and destination addresses.
+    Anything else (UNIX sockets without names, stdin/stdout) is C{PROXY
+    UNKNOWN} in v1 and the LOCAL command in v2 (AF_UNIX addresses where both
+    are known).  v2 also carries PP2_TYPE_UNIQUE_ID (epcat's connection id)
+    and, for a TLS inbound connection, PP2_TYPE_SSL (version, cipher, client
+    certificate CN), PP2_TYPE_AUTHORITY (the SNI) and PP2_TYPE_ALPN.
+
+    @param version: C{"v1"} or C{"v2"}.
+    @param transport: the inbound transport (or L{None} for stdin/stdout);
+        its C{getPeer()} is the source, its C{getHost()} the destination.
+    @param conn_id: epcat's connection id, for PP2_TYPE_UNIQUE_ID.
+    @return: the header bytes.
+    """
+    from proxyprotocol.result import (
+        ProxyResultIPv4,
+        ProxyResultIPv6,
+        ProxyResultLocal,
+        ProxyResultUnix,
+    )
+    from proxyprotocol.tlv import ProxyProtocolSSLTLV, ProxyProtocolTLV
+    from proxyprotocol.v2 import ProxyProtocolV2
+
+    source = transport.getPeer() if transport is not None else None
+    destination = transport.getHost() if transport is not None else None
+    source_ip, destination_ip = _ip_of(source), _ip_of(destination)
+    same_family = (
+        source_ip is not None
+        and destination_ip is not None
+        and source_ip.version == destination_ip.version
+    )
+    if version == "v1":
+        if not same_family:
+            return b"PROXY UNKNOWN\r\n"
+        family = "TCP4" if source_ip.version == 4 else "TCP6"
+        return (
+            f"PROXY {family} {source_ip} {destination_ip} "
+            f"{source.port} {destination.port}\r\n"
+        ).encode("ascii")
+    if version != "v2":
+        raise ValueError(f"unknown PROXY protocol version {version!r}")
+    tlv_fields: dict[str, Any] = {}
+    if conn_id is not None:
+        tlv_fields["unique_id"] = str(conn_id).encode("ascii")
+    tls = tls_details(transport) if transport is not None else None
+    if tls is not None:
+        tlv_fields["ssl"] = ProxyProtocolSSLTLV(
+            has_ssl=True,
+            has_cert_conn=tls["cn"] is not None,
+            verified=tls["cn"] is not None,
+            version=tls["version"],
+            cipher=tls["cipher"],
+            cn=tls["cn"],
+        )
+        if tls["sni"]:
+            tlv_fields["authority"] = tls["sni"]
+        if tls["alpn"]:
+            tlv_fields["alpn"] = tls["alpn"]
+    tlv = ProxyProtocolTLV(**tlv_fields)
+    stream = socket.SOCK_STREAM
+    if same_family and source_ip.version == 4:
+        result: Any = ProxyResultIPv4(
+            (source_ip, source.port), (destination_ip, destination.port), protocol=stream, tlv=tlv
+        )
+    elif same_family:
+        result = ProxyResultIPv6(
+            (source_ip, source.port), (destination_ip, destination.port), protocol=stream, tlv=tlv
+        )
+    elif _unix_name(source) and _unix_name(destination):
+        result = ProxyResultUnix(
+            _unix_name(source), _unix_name(destination), protocol=stream, tlv=tlv
+        )
+    else:
+        result = ProxyResultLocal(tlv=tlv)
+    return ProxyProtocolV2().pack(result)
+
+
+def _unix_name(address: Any) -> str | None:
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return name or None
