@@ -214,6 +214,8 @@ def show_endpoints(type_name: str | None, out: IO[str]) -> None:
 
 
 def _half_close_words(prefix: str) -> str:
+    if prefix == "haproxy":
+        return "as the endpoint it wraps (epcat's PROXY header reader passes half-close through)"
     mode = half_close_mode(prefix + ":")
     return {
         "shutdown": "yes (shutdown of the write side)",
