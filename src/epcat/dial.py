@@ -105,6 +105,8 @@ class Dial:
 
     def _attempt(self) -> None:
         self._delayed = None
+        #: when the current attempt began (reactor seconds)
+        self.attempt_started = self._reactor.seconds()
         attempt = connect_with_timeout(
             self._reactor, self._endpoint, self._factory, self._options.connect_timeout
         )

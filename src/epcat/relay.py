@@ -100,6 +100,8 @@ class RelaySide(Protocol):
         self.lost = False
         self.lost_reason: Failure | None = None
         self.handshake_done = False
+        #: TLS sides: verification errors OpenSSL reported (epcat.tlsinfo)
+        self.tls_record: Any = None
         self.connected_at: float | None = None
         #: applied to every chunk read from this side (e.g. --crlf on stdin)
         self.transform: Callable[[bytes], bytes] | None = None
@@ -115,6 +117,12 @@ class RelaySide(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_at = self.pair.reactor.seconds()
+        if self.half_close == HALF_CLOSE_TLS:
+            # before the handshake starts (Twisted's TLS transport begins it
+            # right after connecting the wrapped protocol)
+            from epcat import tlsinfo
+
+            self.tls_record = tlsinfo.watch(self.transport, keylog=self.pair.keylog)
         self.pair._side_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -138,6 +146,8 @@ class RelaySide(Protocol):
             return
         self.lost = True
         self.lost_reason = reason
+        if self.tls_record is not None:
+            self.tls_record.remember_peer(self.transport)
         self._cancel_close_timer()
         self.write_ended = True
         if not self.read_ended:
@@ -351,6 +361,11 @@ class Pair:
         #: returns bytes to write to the outbound side before anything
         #: relayed (a PROXY header)
         self.preamble: Callable[[], bytes] | None = None
+        #: C{keylog(connection, line)}: TLS session secrets (--keylog)
+        self.keylog: Callable[[Any, bytes], None] | None = None
+        #: EOF from either side ends the pair (a --reconnect tunnel, where
+        #: one leg ending means the tunnel dropped)
+        self.eof_closes = False
         self.outbound_failure: Failure | None = None
         self.attempt: Deferred[Any] | None = None
         self._on_event = on_event or (lambda event, pair, side: None)
@@ -426,6 +441,8 @@ class Pair:
         side.peer.shutdown_write()
         if side.write_ended and not side.lost:
             side._close()
+        if self.eof_closes:
+            self.close()
 
     def _side_lost(self, side: RelaySide) -> None:
         peer = side.peer

@@ -37,6 +37,12 @@ def pair_failure(pair: Pair) -> tuple[ExitStatus, str, RelaySide] | None:
             if status in (ExitStatus.OK, ExitStatus.FAILURE):
                 status = ExitStatus.TLS_HANDSHAKE
                 text = "TLS handshake failed: connection closed during the handshake"
+            if status == ExitStatus.TLS_VERIFY:
+                from epcat.tlsinfo import verification_failure
+
+                detail = verification_failure(reason.value, side.tls_record, None)
+                if detail:
+                    text = f"TLS certificate verification failed: {detail}"
             return status, text, side
         if side.half_close == HALF_CLOSE_TLS and reason.check(ConnectionLost):
             # A TLS peer that closes TCP without close_notify after the
@@ -129,26 +135,59 @@ class Reporter:
         )
 
     def _on_handshake(self, pair: Pair, side: RelaySide) -> None:
+        role = "client" if side is pair.outbound or self.tunnel else "server"
+        self.handshake(pair.conn_id, side.role, role, side.transport, side.tls_record)
+
+    def handshake(self, conn_id: int | None, side_name: str, role: str, transport: Any,
+                  record: Any) -> None:
+        """
+        -v: what a TLS handshake negotiated, and the peer's certificates.
+        """
         if not self.ui.enabled("info"):
             return
+        from epcat.tlsinfo import describe_session
+
         try:
-            connection = side.transport.getHandle()
-            version = connection.get_protocol_version_name()
-            cipher = connection.get_cipher_name()
-            alpn = connection.get_alpn_proto_negotiated() or b""
-        except Exception:
+            info = describe_session(transport, record, role)
+        except Exception as e:  # a transport that is not pyOpenSSL's
+            self.ui.debug("tls", f"cannot describe the TLS session: {e}")
             return
-        alpn_text = alpn.decode("ascii", "replace")
-        self.ui.info(
-            "tls",
-            f"[{pair.conn_id}] TLS handshake done with {side.role} side: {version}, {cipher}"
-            + (f", ALPN {alpn_text}" if alpn_text else ""),
-            conn=pair.conn_id,
-            side=side.role,
-            tls_version=version,
-            cipher=cipher,
-            alpn=alpn_text or None,
-        )
+        tag = f"[{conn_id}] " if conn_id is not None else ""
+        sni_word = "SNI sent" if role == "client" else "SNI received"
+        parts = [info["version"], info["cipher"]]
+        if info["alpn"]:
+            parts.append(f"ALPN {info['alpn']}")
+        if info["sni"]:
+            parts.append(f"{sni_word} {info['sni']}")
+        parts.append(f"verification {info['verification']}")
+        if self.ui.log_format == "json":
+            self.ui.info(
+                "tls",
+                f"{tag}TLS handshake done with the {side_name} side",
+                conn=conn_id,
+                side=side_name,
+                role=role,
+                tls_version=info["version"],
+                cipher=info["cipher"],
+                alpn=info["alpn"],
+                sni=info["sni"],
+                verification=info["verification"],
+                chain=info["chain"],
+            )
+            return
+        lines = [f"{tag}TLS with the {side_name} side: " + ", ".join(parts)]
+        for depth, cert in enumerate(info["chain"]):
+            sans = ", ".join(cert["subject_alt_names"]) or "none"
+            lines.append(
+                f"{tag}  certificate {depth}: subject {cert['subject']}; issuer {cert['issuer']}"
+            )
+            lines.append(
+                f"{tag}    SAN {sans}; valid {cert['not_before'][:10]} to "
+                f"{cert['not_after'][:10]} ({cert['days_left']} days left); "
+                f"{cert['key']}; SHA-256 {cert['sha256']}"
+            )
+        for line in lines:
+            self.ui.info("tls", line, conn=conn_id)
 
     def connecting(self, pair: Pair, description: str) -> None:
         self.ui.info(

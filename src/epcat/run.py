@@ -36,7 +36,7 @@ from epcat.endpoints import (
 from epcat.plan import ConnectOptions, Plan
 from epcat.relay import Pair, RelaySide, SideFactory
 from epcat.report import Reporter, pair_failure
-from epcat.status import EpcatError, ExitStatus, classify
+from epcat.status import EpcatError, ExitStatus, TimedOut, classify
 from epcat.ui import UI, address_fields, format_address
 
 #: During a graceful stop, a pair counts as finished once nothing has moved
@@ -445,6 +445,7 @@ class Runner:
                 pair = runner._new_pair(half_close_mode(a), half_close_mode(b))
                 pair.inbound_description = a
                 pair.outbound_description = b
+                pair.eof_closes = True  # either leg ending drops the tunnel
                 runner._outbound[pair] = lambda: runner._dial(pair, second, b, options_b)
                 runner._started.add(pair)
                 pair.done.addCallback(pair_done)
@@ -521,6 +522,10 @@ class Runner:
             self._begin(pair)
         elif event == "handshake" and side is pair.inbound and self._wants_handshake_first(pair):
             self._begin(pair)
+        if event == "handshake" and side is pair.outbound:
+            timer = getattr(pair, "handshake_timer", None)
+            if timer is not None and timer.active():
+                timer.cancel()
 
     def _wants_handshake_first(self, pair: Pair) -> bool:
         """
@@ -572,10 +577,36 @@ class Runner:
 
         def connected(_: Any) -> None:
             self._attempt_done(pair, dial.result)
+            if options.connect_timeout is not None and pair.outbound.half_close == HALF_CLOSE_TLS:
+                left = options.connect_timeout - (self.reactor.seconds() - dial.attempt_started)
+                self._handshake_deadline(pair, max(left, 0.0), options.connect_timeout)
             if then is not None:
                 then()
 
         dial.result.addCallbacks(connected, pair.outbound_failed)
+
+    def _handshake_deadline(self, pair: Pair, left: float, timeout: float) -> None:
+        """
+        C{--connect-timeout} covers the TLS handshake too: Twisted's TLS
+        endpoints report the connection as made when TCP is up.
+        """
+        side = pair.outbound
+
+        def expire() -> None:
+            if side.connected_at is not None and not side.handshake_done and not side.lost:
+                pair.outbound_failure = Failure(TimedOut(timeout, "TLS handshake"))
+                pair._on_event("failed", pair, side)
+                side.abort()
+
+        timer = self.reactor.callLater(left, expire)
+
+        def cancel(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        pair.done.addBoth(cancel)
+        pair.handshake_timer = timer
 
     def _attempt_done(self, pair: Pair, attempt: Any) -> None:
         if pair.attempt is attempt:
