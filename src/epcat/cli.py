@@ -118,6 +118,32 @@ class Step(click.Command):
 @click.option(
     "--crlf", is_flag=True, help="Translate LF to CRLF in data read from stdin (ncat -C)."
 )
+@click.option(
+    "--keylog",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Append every TLS session's secrets to FILE in the NSS key log format "
+    "(as SSLKEYLOGFILE), so Wireshark can decrypt a capture.  A secret: created mode 0600.",
+)
+@click.option(
+    "-x",
+    "--hexdump",
+    is_flag=True,
+    help="Dump every relayed chunk to stderr in socat's -x layout (plaintext for TLS).",
+)
+@click.option(
+    "--dump",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="The same dump as -x, to FILE instead of stderr.",
+)
+@click.option(
+    "--pcap",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Write the relayed plaintext of every connection to FILE as a pcap capture "
+    "(one synthesized TCP stream per connection, real addresses).",
+)
 @click.version_option(
     __version__, "-V", "--version", prog_name="epcat", message="%(prog)s %(version)s"
 )

@@ -37,6 +37,7 @@ _HALF_CLOSE_BY_TYPE = {
     "hostname": HALF_CLOSE_SHUTDOWN,
     "tls": HALF_CLOSE_TLS,
     "ssl": HALF_CLOSE_TLS,
+    "tlsx": HALF_CLOSE_TLS,
 }
 
 

@@ -244,9 +244,9 @@ class PcapWriter:
         self._streams[conn_id] = stream
         client_side, server_side = stream.client, stream.server
         self._segment(stream, client_side, server_side, SYN, ack=False)
-        client_side.seq += 1
+        client_side.seq = (client_side.seq + 1) % 2**32
         self._segment(stream, server_side, client_side, SYN | ACK)
-        server_side.seq += 1
+        server_side.seq = (server_side.seq + 1) % 2**32
         self._segment(stream, client_side, server_side, ACK)
         self.flush()
 

@@ -56,11 +56,16 @@ class Leg(Protocol):
         self.hub = hub
         self.write_ended = False
         self.handshake_done = False
+        self.tls_record: Any = None
         self._shutdown_wanted = False
         if hub.leg_half_close == HALF_CLOSE_TLS:
             alsoProvides(self, IHandshakeListener)
 
     def connectionMade(self) -> None:
+        if self.hub.leg_half_close == HALF_CLOSE_TLS:
+            from epcat import tlsinfo
+
+            self.tls_record = tlsinfo.watch(self.transport)
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.hub.ui.info(
             "connected",
@@ -71,7 +76,15 @@ class Leg(Protocol):
         self.hub.attach(self)
 
     def handshakeCompleted(self) -> None:
+        from epcat.tlsinfo import check_identity
+
+        error = check_identity(self.transport)
+        if error is not None:
+            self.transport.failVerification(Failure(error))
+            return
         self.handshake_done = True
+        if self.hub.reporter is not None:
+            self.hub.reporter.handshake(None, "outbound", "client", self.transport, self.tls_record)
         if self._shutdown_wanted:
             self.hub.reactor.callLater(0, self._tls_shutdown)
 
@@ -132,6 +145,8 @@ class StdioHub(Protocol):
         self.done = done
         self.leg: Leg | None = None
         self.service: Any = None
+        #: the Reporter, for -v TLS detail
+        self.reporter: Any = None
         self.on_leg_lost: Callable[[], None] | None = None
         self.transform: Callable[[bytes], bytes] | None = None
         self.stdin_ended = False

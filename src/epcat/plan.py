@@ -100,6 +100,10 @@ class Plan:
     progress: bool = False
     stats: bool = False
     crlf: bool = False
+    keylog: str | None = None
+    hexdump: bool = False
+    dump: str | None = None
+    pcap: str | None = None
 
     @property
     def reconnect(self) -> bool:

@@ -111,14 +111,17 @@ class ProxyHeaderWrapper(ProtocolWrapper):
 
     def dataReceived(self, data: bytes) -> None:
         if self.proxy_info is not None:
-            self.wrappedProtocol.dataReceived(data)
+            if self.wrappedProtocol is not None:
+                self.wrappedProtocol.dataReceived(data)
             return
         if self._rejected:
             return
         try:
             info, rest = self._feed(data)
-        except InvalidProxyHeader as e:
-            self._reject(f"malformed PROXY header ({str(e) or 'invalid header'})")
+        except (InvalidProxyHeader, ValueError, UnicodeError, IndexError, TypeError) as e:
+            # (Twisted's parsers raise bare ValueError and UnicodeDecodeError
+            # for some malformed fields)
+            self._reject(f"malformed PROXY header ({str(e) or type(e).__name__})")
             return
         if info is None:
             return
@@ -144,12 +147,30 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         kind = _header_kind(self._buffer)
         if kind is None:
             return None, b""
-        if kind == "v2" and len(self._buffer) < 16:
+        if kind == "v1":
+            return self._feed_v1()
+        if len(self._buffer) < 16:
             # Twisted's V2Parser rejects a first feed shorter than 16 bytes.
             return None, b""
-        self._parser = V2Parser() if kind == "v2" else V1Parser()
+        self._parser = V2Parser()
         buffered, self._buffer = self._buffer, b""
         return self._parser.feed(buffered)
+
+    def _feed_v1(self) -> tuple[Any, bytes]:
+        """
+        A v1 header is one line (proxy-protocol.txt section 2.1): buffer it
+        whole, check its length, then parse it.
+        """
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            if len(self._buffer) > V1_MAX - 2:
+                raise InvalidProxyHeader(f"v1 line longer than {V1_MAX} bytes")
+            return None, b""
+        if end + 2 > V1_MAX:
+            raise InvalidProxyHeader(f"v1 line longer than {V1_MAX} bytes")
+        line, rest = self._buffer[:end], self._buffer[end + 2 :]
+        self._buffer = b""
+        return parse_v1(line), rest
 
     def _reject(self, reason: str, abort: bool = False) -> None:
         if self._rejected:
@@ -271,6 +292,41 @@ class ProxyHeaderEndpoint:
         return self._wrapped.listen(self._make_factory(factory))
 
 
+def parse_v1(line: bytes) -> Any:
+    """
+    Parse and check one PROXY protocol v1 line (without its CRLF), per
+    proxy-protocol.txt section 2.1: C{PROXY UNKNOWN ...}, or C{PROXY TCP4|TCP6
+    SRC DST SPORT DPORT} with addresses of that family and ports 0-65535.
+
+    Twisted's C{V1Parser.parse} reads the fields; it rejects the bare
+    C{PROXY UNKNOWN} that haproxy sends for non-TCP clients, and checks
+    neither addresses nor ports, so that is done here.
+
+    @return: a C{twisted.protocols.haproxy} C{ProxyInfo}.
+    @raise InvalidProxyHeader: the line is not a valid v1 header.
+    """
+    from twisted.protocols.haproxy._info import ProxyInfo
+
+    fields = line.split(b" ")
+    if fields[:2] == [b"PROXY", b"UNKNOWN"]:
+        # "the receiver must ignore anything presented before the CRLF"
+        return ProxyInfo(line + b"\r\n", None, None)
+    if len(fields) != 6 or fields[1] not in (b"TCP4", b"TCP6"):
+        raise InvalidProxyHeader("v1 line does not have the six fields of TCP4/TCP6")
+    version = 4 if fields[1] == b"TCP4" else 6
+    for field in fields[2:4]:
+        try:
+            ip = ipaddress.ip_address(field.decode("ascii"))
+        except (UnicodeError, ValueError):
+            raise InvalidProxyHeader(f"v1 address {field!r} is not an IP address") from None
+        if ip.version != version:
+            raise InvalidProxyHeader(f"v1 address {field!r} is not IPv{version}")
+    for field in fields[4:6]:
+        if not field.isdigit() or int(field) > 65535 or (len(field) > 1 and field[:1] == b"0"):
+            raise InvalidProxyHeader(f"v1 port {field!r} is not 0-65535")
+    return V1Parser.parse(line + b"\r\n")
+
+
 def _ip_of(address: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     host = getattr(address, "host", None)
     if host is None:
@@ -304,7 +360,12 @@ def tls_details(transport: Any) -> dict[str, Any] | None:
         return None
     if not hasattr(connection, "get_cipher_name"):
         return None
+    from OpenSSL.SSL import VERIFY_PEER
+
     cn = None
+    # a client certificate is verified when the server asked for one (the
+    # handshake fails otherwise)
+    verified = bool(connection.get_verify_mode() & VERIFY_PEER)
     certificate = connection.get_peer_certificate()
     if certificate is not None:
         for key, value in certificate.get_subject().get_components():
@@ -317,6 +378,7 @@ def tls_details(transport: Any) -> dict[str, Any] | None:
         "cn": cn,
         "sni": servername.decode("idna") if servername else None,
         "alpn": connection.get_alpn_proto_negotiated() or None,
+        "verified": verified and certificate is not None,
     }
 
 
@@ -374,7 +436,7 @@ def encode_header(version: str, transport: Any, conn_id: int | None = None) -> b
         tlv_fields["ssl"] = ProxyProtocolSSLTLV(
             has_ssl=True,
             has_cert_conn=tls["cn"] is not None,
-            verified=tls["cn"] is not None,
+            verified=tls["verified"],
             version=tls["version"],
             cipher=tls["cipher"],
             cn=tls["cn"],

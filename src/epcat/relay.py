@@ -65,6 +65,24 @@ def tls_shutdown_write(transport: Any) -> bool:
     return True
 
 
+def release_stdout() -> None:
+    """
+    Really close stdout once StandardIO's write side has ended, so whoever
+    reads it sees EOF now rather than when epcat exits: Twisted's
+    C{ProcessWriter} stops writing but leaves file descriptor 1 open (it
+    closes pipes only for child processes it spawned).  /dev/null takes its
+    place, so that fd 1 is never reused by something else.
+    """
+    import os
+
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    except OSError:
+        pass
+
+
 @implementer(IHalfCloseableProtocol)
 class RelaySide(Protocol):
     """
@@ -102,6 +120,8 @@ class RelaySide(Protocol):
         self.handshake_done = False
         #: TLS sides: verification errors OpenSSL reported (epcat.tlsinfo)
         self.tls_record: Any = None
+        #: epcat connected out on this side (it is the TLS client)
+        self.is_client = role == "outbound"
         self.connected_at: float | None = None
         #: applied to every chunk read from this side (e.g. --crlf on stdin)
         self.transform: Callable[[bytes], bytes] | None = None
@@ -110,6 +130,9 @@ class RelaySide(Protocol):
         self._paused_for_hold = False
         self._tls_shutdown_wanted = False
         self._write_shutdown_requested = False
+        #: epcat ended its direction towards this side (FIN or close_notify)
+        #: before the connection went away
+        self.write_shutdown_sent = False
         self._write_gone = False
         self._close_timer: Any = None
 
@@ -122,7 +145,7 @@ class RelaySide(Protocol):
             # right after connecting the wrapped protocol)
             from epcat import tlsinfo
 
-            self.tls_record = tlsinfo.watch(self.transport, keylog=self.pair.keylog)
+            self.tls_record = tlsinfo.watch(self.transport)
         self.pair._side_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -171,12 +194,22 @@ class RelaySide(Protocol):
         if not self._write_shutdown_requested:
             self.write_ended = True
             self.pair.close()
-        elif self.read_ended:
+            return
+        if isinstance(self.transport, StandardIO):
+            release_stdout()
+        if self.read_ended:
             self._close()
 
     # IHandshakeListener
 
     def handshakeCompleted(self) -> None:
+        if self.is_client:
+            from epcat.tlsinfo import check_identity
+
+            error = check_identity(self.transport)
+            if error is not None:
+                self.transport.failVerification(Failure(error))
+                return
         self.handshake_done = True
         self.pair._handshake_completed(self)
         if self._tls_shutdown_wanted:
@@ -257,6 +290,7 @@ class RelaySide(Protocol):
             # everything written has been flushed.
             self._close()
             return
+        self.write_shutdown_sent = True
         if self.read_ended:
             self._close()
 
@@ -361,8 +395,6 @@ class Pair:
         #: returns bytes to write to the outbound side before anything
         #: relayed (a PROXY header)
         self.preamble: Callable[[], bytes] | None = None
-        #: C{keylog(connection, line)}: TLS session secrets (--keylog)
-        self.keylog: Callable[[Any, bytes], None] | None = None
         #: EOF from either side ends the pair (a --reconnect tunnel, where
         #: one leg ending means the tunnel dropped)
         self.eof_closes = False

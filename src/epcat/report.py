@@ -44,17 +44,31 @@ def pair_failure(pair: Pair) -> tuple[ExitStatus, str, RelaySide] | None:
                 if detail:
                     text = f"TLS certificate verification failed: {detail}"
             return status, text, side
-        if side.half_close == HALF_CLOSE_TLS and reason.check(ConnectionLost):
-            # A TLS peer that closes TCP without close_notify after the
-            # handshake: common (curl, many servers), and Twisted reports it
-            # as ConnectionLost; the bytes it sent have all been relayed.
-            continue
         if pair.close_reason is not None and reason.check(ConnectionLost):
             continue  # we aborted it ourselves (timeout, drain)
+        if side.half_close == HALF_CLOSE_TLS and reason.check(ConnectionLost):
+            # Twisted reports a TLS peer that closed TCP without close_notify
+            # and one that reset the connection alike (ConnectionLost).
+            # Either way the stream may have been cut short (RFC 8446 section
+            # 6.1: close_notify is what tells truncation from the end) --
+            # unless epcat had sent its own close_notify first: servers such
+            # as nginx answer that by closing without one.
+            record = side.tls_record
+            if record is not None and record.reset:
+                return ExitStatus.FAILURE, "connection reset by peer", side
+            if side.write_shutdown_sent:
+                continue
+            return ExitStatus.FAILURE, TLS_TRUNCATED, side
         status, text = classify(reason)
         if status != ExitStatus.OK:
             return status, text, side
     return None
+
+
+#: the reason given for a TLS connection that ended without close_notify
+TLS_TRUNCATED = (
+    "connection closed without a TLS close_notify: what was received may be cut short"
+)
 
 
 class Totals:
@@ -280,7 +294,12 @@ class Reporter:
                     message = f"TLS handshake with a client on {what} failed: {reason}"
             else:
                 message = f"connection on {what} failed: {reason}"
-            self._failure(pair, status, message)
+            if reason == TLS_TRUNCATED and not self.one_shot:
+                # clients (curl among them) often close this way; a relay
+                # says so at -v only
+                self.ui.info("failed", f"[{pair.conn_id}] {message}", conn=pair.conn_id)
+            else:
+                self._failure(pair, status, message)
         if not self.ui.enabled("info") or (pair.outbound_failure and not pair.joined):
             return
         sent = pair.inbound.bytes_received

@@ -107,6 +107,33 @@ class AccessList:
         return None
 
 
+def open_keylog(path: str) -> Callable[[Any, bytes], None]:
+    """
+    Open C{--keylog FILE} for appending (created with mode 0600: it holds
+    session secrets) and return a pyOpenSSL keylog callback writing NSS key
+    log lines to it (the format of SSLKEYLOGFILE, which Wireshark reads).
+
+    @raise UsageError: the file cannot be opened.
+    """
+    import os
+
+    from epcat.status import UsageError
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise UsageError(f"--keylog {path!r}: cannot open: {e.strerror.lower()}") from None
+    stream = os.fdopen(fd, "ab", buffering=0)
+
+    def keylog(connection: Any, line: bytes) -> None:
+        try:
+            stream.write(line + b"\n")
+        except OSError:
+            pass
+
+    return keylog
+
+
 class Runner:
     """
     One run of epcat.
@@ -160,6 +187,7 @@ class Runner:
         # anything listens or connects.
         server = self._parse_listen(plan.listen) if plan.listen else None
         clients = [parse_client(self.reactor, d) for d in plan.connect]
+        self.keylog = open_keylog(plan.keylog) if plan.keylog else None
         self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         self._install_signal_handlers()
         self._start_progress()
@@ -466,6 +494,7 @@ class Runner:
         options = self.plan.options_for(0)
         done: defer.Deferred[int] = defer.Deferred()
         hub = StdioHub(self.reactor, self.ui, half_close_mode(description), done)
+        hub.reporter = self.reporter
         self._attach_stdio(hub, crlf=True)
         service = self._service(client, description, options, hub.leg_factory())
         hub.service = service
@@ -489,6 +518,8 @@ class Runner:
             idle_timeout=self.plan.idle_timeout,
             half_close_timeout=self.plan.half_close_timeout,
         )
+        if self.plan.mode == modes.TUNNEL:
+            pair.inbound.is_client = True
         self.pairs.add(pair)
         pair.done.addBoth(self._forget, pair)
         return pair

@@ -4,17 +4,16 @@ What a TLS connection negotiated and why verification failed, in words a
 person can act on.
 
 Everything goes through pyOpenSSL's public API on the connection that
-Twisted's TLS transport exposes with C{getHandle()}: the per-connection
-C{Connection.set_verify} records OpenSSL's verification errors (the verify
-callback receives them; OpenSSL's own C{X509_V_ERR_*} numbers, see
-openssl-verify(1) "DIAGNOSTICS"), and the keylog callback is set on the
-connection's context before the handshake starts.
+Twisted's TLS transport exposes with C{getHandle()}.  When a handshake fails
+verification, the peer's chain is verified again against the connection's
+own trust store with C{X509StoreContext}, which gives OpenSSL's reason
+(C{X509_V_ERR_*}, see openssl-verify(1) "DIAGNOSTICS") without touching the
+verify callback Twisted installed (that callback also checks the host name).
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
 from typing import Any
 
 #: OpenSSL X509_V_ERR_* codes (include/openssl/x509_vfy.h) and what to say.
@@ -35,73 +34,137 @@ _VERIFY_ERRORS = {
 
 class VerifyRecord:
     """
-    The first verification error OpenSSL reported on one connection.
+    Why verification of one connection's peer failed, worked out when the
+    connection ended (L{remember_peer}).
 
     @ivar errno: the C{X509_V_ERR_*} number, or L{None}.
-    @ivar depth: the chain depth it was reported at (0: the peer's own).
+    @ivar reason: OpenSSL's words for it.
     @ivar certificate: the C{cryptography} certificate it concerned.
+    @ivar peer_certificate: the peer's own certificate, if it sent one.
     """
 
     def __init__(self) -> None:
         self.errno: int | None = None
-        self.depth: int | None = None
+        self.reason: str | None = None
         self.certificate: Any = None
-        #: the peer's certificate as last seen (kept for failure messages)
         self.peer_certificate: Any = None
+        #: why the TCP connection under the TLS one ended (a Failure)
+        self.tcp_reason: Any = None
+
+    @property
+    def reset(self) -> bool:
+        """
+        Did the TCP connection underneath end with an error (a reset) rather
+        than a FIN?
+        """
+        from twisted.internet.error import ConnectionDone
+
+        return self.tcp_reason is not None and not self.tcp_reason.check(ConnectionDone)
 
     def remember_peer(self, transport: Any) -> None:
         """
-        Keep the peer's certificate while the connection still has it (call
-        from C{connectionLost}, before Twisted drops the TLS connection).
+        Keep the peer's certificate, and verify its chain again against the
+        connection's trust store to learn why it failed, while the connection
+        still has them (call from C{connectionLost}, before Twisted drops the
+        TLS connection).
         """
         try:
-            self.peer_certificate = transport.getHandle().get_peer_certificate(
-                as_cryptography=True
-            )
+            connection = transport.getHandle()
+            chain = connection.get_peer_cert_chain() or []
+            # (after a failed verification OpenSSL keeps the chain the peer
+            # sent, leaf first, but no longer a "peer certificate")
+            leaf = connection.get_peer_certificate() or (chain[0] if chain else None)
+            store = connection.get_context().get_cert_store()
+        except Exception:
+            return
+        if leaf is None:
+            return
+        self.peer_certificate = leaf.to_cryptography()
+        if store is None:
+            return
+        from OpenSSL.crypto import X509StoreContext, X509StoreContextError
+
+        intermediates = [c for c in chain if c.digest("sha256") != leaf.digest("sha256")]
+        try:
+            X509StoreContext(store, leaf, intermediates).verify_certificate()
+        except X509StoreContextError as e:
+            errors = e.errors if hasattr(e, "errors") else e.args[0]
+            self.errno, self.reason = errors[0], errors[2]
+            try:
+                self.certificate = e.certificate.to_cryptography()
+            except Exception:
+                self.certificate = None
         except Exception:
             pass
 
-    def callback(self, connection: Any, certificate: Any, errno: int, depth: int, ok: int) -> bool:
-        # Same decision as Twisted's own verify callback (return OpenSSL's),
-        # recording why it failed.
-        if not ok and self.errno is None:
-            self.errno = errno
-            self.depth = depth
-            try:
-                self.certificate = certificate.to_cryptography()
-            except Exception:
-                self.certificate = None
-        return bool(ok)
 
-
-def watch(
-    transport: Any, keylog: Callable[[Any, bytes], None] | None = None
-) -> VerifyRecord | None:
+def watch(transport: Any) -> VerifyRecord | None:
     """
-    Prepare a TLS transport, before its handshake: record verification errors
-    and, if asked, log session secrets.
+    A L{VerifyRecord} for a TLS transport.  (Session secrets for
+    C{--keylog} are logged by the contexts epcat builds itself,
+    L{epcat.tlsx}: pyOpenSSL forbids changing a context once it has made a
+    connection.)
 
     @param transport: a C{TLSMemoryBIOProtocol} (anything with C{getHandle()}
         returning an C{OpenSSL.SSL.Connection}).
-    @param keylog: C{keylog(connection, line)} for each NSS key log line.
     @return: the L{VerifyRecord}, or L{None} if C{transport} is not TLS.
     """
-    get_handle = getattr(transport, "getHandle", None)
-    if get_handle is None:
+    if getattr(transport, "getHandle", None) is None:
         return None
-    try:
-        connection = get_handle()
-        mode = connection.get_verify_mode()
-    except Exception:
-        return None
-    if keylog is not None:
-        connection.get_context().set_keylog_callback(keylog)
     record = VerifyRecord()
+    # Twisted's TLS layer reports a reset and a close without close_notify
+    # alike (ConnectionLost); the TCP connection underneath still tells them
+    # apart (ConnectionLost for a reset, ConnectionDone for a FIN), so note
+    # the reason it gives to the protocol above it.
+    protocol = getattr(getattr(transport, "transport", None), "protocol", None)
+    original = getattr(protocol, "connectionLost", None)
+    if original is not None:
+
+        def connectionLost(reason: Any) -> Any:
+            record.tcp_reason = reason
+            return original(reason)
+
+        protocol.connectionLost = connectionLost
+    return record
+
+
+def _decode_name(name: bytes) -> str:
+    try:
+        return name.decode("idna")
+    except UnicodeError:
+        return name.decode("ascii", "replace")
+
+
+def check_identity(transport: Any) -> BaseException | None:
+    """
+    After a verified client handshake, check the server's certificate against
+    the name epcat sent (SNI), with service-identity.
+
+    Twisted's C{tls:} client already does this, but treats a certificate with
+    no subjectAltName (service-identity's C{CertificateError}) as a pass: it
+    only logs the error (seen in Twisted 26.10).  This closes that hole.
+
+    @return: the exception to fail the connection with, or L{None}.
+    """
     from OpenSSL.SSL import VERIFY_PEER
 
-    if mode & VERIFY_PEER:
-        connection.set_verify(mode, record.callback)
-    return record
+    try:
+        connection = transport.getHandle()
+        if not connection.get_verify_mode() & VERIFY_PEER:
+            return None
+        servername = connection.get_servername()
+    except Exception:
+        return None
+    if not servername:
+        return None
+    from service_identity import CertificateError, VerificationError
+    from service_identity.pyopenssl import verify_hostname
+
+    try:
+        verify_hostname(connection, _decode_name(servername))
+    except (CertificateError, VerificationError) as e:
+        return e
+    return None
 
 
 def _name(name: Any) -> str:
@@ -197,9 +260,7 @@ def describe_session(transport: Any, record: VerifyRecord | None, role: str) -> 
         chain = [peer] if peer is not None else []
     from OpenSSL.SSL import VERIFY_PEER
 
-    if record is not None and record.errno is not None:
-        verification = "failed: " + _VERIFY_ERRORS.get(record.errno, f"error {record.errno}")
-    elif connection.get_verify_mode() & VERIFY_PEER and chain:
+    if connection.get_verify_mode() & VERIFY_PEER and chain:
         verification = "ok"
     elif role == "server" and not chain:
         verification = "no client certificate"
@@ -209,7 +270,7 @@ def describe_session(transport: Any, record: VerifyRecord | None, role: str) -> 
         "version": connection.get_protocol_version_name(),
         "cipher": connection.get_cipher_name(),
         "alpn": alpn.decode("ascii", "replace") or None,
-        "sni": servername.decode("idna", "replace") if servername else None,
+        "sni": _decode_name(servername) if servername else None,
         "verification": verification,
         "chain": [describe_certificate(c) for c in chain],
     }
@@ -228,13 +289,13 @@ def verification_failure(
     @return: e.g. C{"certificate has expired (not after 2026-01-01)"}, or
         L{None} when there is nothing more specific to say.
     """
-    if type(error).__module__.startswith("service_identity"):
-        return _mismatch(error, host, record.peer_certificate if record else None)
     if record is None or record.errno is None:
+        if type(error).__module__.startswith("service_identity"):
+            return _mismatch(error, host, record.peer_certificate if record else None)
         return None
-    text = _VERIFY_ERRORS.get(
-        record.errno, f"certificate verify failed (OpenSSL error {record.errno})"
-    )
+    # A chain OpenSSL rejects is the more basic failure; Twisted's verify
+    # callback may have reported the name first.
+    text = _VERIFY_ERRORS.get(record.errno) or record.reason or f"OpenSSL error {record.errno}"
     certificate = record.certificate
     if certificate is not None:
         if record.errno == 10:
@@ -247,6 +308,10 @@ def verification_failure(
 
 
 def _mismatch(error: BaseException, host: str | None, certificate: Any) -> str:
+    if not getattr(error, "errors", None):
+        # service_identity.CertificateError: the certificate cannot be
+        # checked at all (e.g. it has no subjectAltName)
+        return f"{error}".rstrip(".") or type(error).__name__
     asked = host
     names: list[str] = []
     for mismatch in getattr(error, "errors", []) or []:

@@ -165,7 +165,7 @@ def test_bad_orders_are_one_line_usage_errors(
         ["lisen", "tcp:80"],
         ["listen"],
         ["connect"],
-        ["-x", "listen", "tcp:0"],
+        ["-Z", "listen", "tcp:0"],
         ["--log-format", "xml", "listen", "tcp:0"],
         ["connect", "tcp:h:1", "endpoints"],
         ["endpoints", "no-such-type"],

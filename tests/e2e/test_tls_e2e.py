@@ -1,0 +1,313 @@
+"""
+End to end: TLS origination (C{connect tls:}) and termination
+(C{listen ssl:}) against openssl, nginx, curl and Python's ssl, with a
+trustme CA.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import struct
+import subprocess
+
+import pytest
+
+from .conftest import WAIT, echo_handler, no_traceback, recv_all, require, run_epcat, split_http
+
+pytestmark = pytest.mark.e2e
+
+TLS_LOG_BUG = (
+    "BUG: -v shows no TLS version or cipher when an SNI name is in play: "
+    "describe_session() in src/epcat/tlsinfo.py does servername.decode('idna', 'replace'), "
+    "and Python's idna codec accepts only errors='strict' (UnicodeError: Unsupported error "
+    "handling replace); Reporter.handshake() in src/epcat/report.py catches it and logs it "
+    "at debug level only, so the whole TLS line is lost"
+)
+
+TLS_RESET_BUG = (
+    "BUG: a TCP reset under TLS exits 0: pair_failure() in src/epcat/report.py skips every "
+    "ConnectionLost on a TLS side after the handshake (meant for peers that close TCP "
+    "without close_notify), but Twisted's TLSMemoryBIOProtocol reports a reset as the same "
+    "ConnectionLost, so data lost to an RST is reported as success"
+)
+
+
+def s_server(spawn, tls_files, *extra: str):
+    """
+    openssl s_server on 127.0.0.1:0 with the trustme certificate, one
+    connection only; returns (process, port) once it prints "ACCEPT host:port".
+    """
+    openssl = require("openssl")
+    proc = spawn(
+        [openssl, "s_server", "-accept", "127.0.0.1:0", "-naccept", "1",
+         "-cert", tls_files.cert, "-key", tls_files.key, *extra],
+        name="openssl-s_server",
+        stdout="lines",
+    )
+    m = proc.stdout_lines.wait_for(r"^ACCEPT .*:(\d+)$")
+    return proc, int(m.group(1))
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_to_openssl(spawn, epcat_proc, tls_files):
+    """
+    epcat connect tls:localhost:PORT:trustRoots=CADIR to openssl s_server
+    -rev: the lines come back reversed; exit 0.
+    """
+    _, port = s_server(spawn, tls_files, "-rev")
+    lines = [b"hello world", b"epcat over TLS", os.urandom(300).hex().encode()]
+    ep = epcat_proc("-v", "connect", f"tls:localhost:{port}:trustRoots={tls_files.ca_dir}",
+                    stdin=b"".join(line + b"\n" for line in lines))
+    assert ep.finish() == 0, ep.describe()
+    assert ep.out == b"".join(line[::-1] + b"\n" for line in lines)
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_wrong_ca_exit_60(spawn, tls_files):
+    """
+    The same with a CA that did not sign the server's certificate: exit 60,
+    one error line that mentions certificate verification.
+    """
+    _, port = s_server(spawn, tls_files, "-rev")
+    description = f"tls:localhost:{port}:trustRoots={tls_files.wrong_ca_dir}"
+    result = run_epcat("connect", description, stdin=b"hello\n")
+    err = result.stderr.decode()
+    assert result.returncode == 60, err
+    assert result.stdout == b""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epcat: error:"), err
+    assert re.search(r"certificate verif", err, re.I), err
+    assert f"localhost:{port}" in err, err
+    no_traceback(err)
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_get_from_nginx(nginx_tls, tls_files):
+    """
+    printf 'GET / HTTP/1.0\\r\\n\\r\\n' | epcat connect tls:localhost:PORT:trustRoots=CADIR
+    against nginx with ssl on prints the full response and exits 0.
+    """
+    result = run_epcat(
+        "connect", f"tls:localhost:{nginx_tls.port}:trustRoots={tls_files.ca_dir}",
+        stdin=b"GET / HTTP/1.0\r\n\r\n",
+    )
+    assert result.returncode == 0, result.stderr
+    head, body = split_http(result.stdout)
+    assert head.startswith(b"HTTP/1.1 200 OK"), head
+    assert body == nginx_tls.body
+    no_traceback(result.stderr.decode())
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_1mib_response_from_nginx_never_silently_truncated(nginx_tls, tls_files):
+    """
+    The same for a 1 MiB file.  epcat ends its write side with close_notify
+    as soon as stdin ends; nginx finishes the response and close()s with that
+    close_notify still unread in its socket, so the kernel sends an RST and
+    drops what nginx had queued (socat -t5 loses the same bytes and says
+    "Connection reset by peer"; a client that does not half-close gets it
+    all).  Seen every time for files of 0.5 to 5 MiB, rarely at 8 MiB (nginx
+    then reads the alert while waiting to write).  epcat cannot get those
+    bytes back, but it must not call the run a
+    success: either the whole body and exit 0, or an error line and a
+    non-zero status.
+    """
+    result = run_epcat(
+        "connect", f"tls:localhost:{nginx_tls.port}:trustRoots={tls_files.ca_dir}",
+        stdin=b"GET /mid.bin HTTP/1.0\r\n\r\n",
+    )
+    err = result.stderr.decode()
+    head, body = split_http(result.stdout)
+    assert head.startswith(b"HTTP/1.1 200 OK"), head
+    if result.returncode == 0:
+        assert len(body) == len(nginx_tls.mid), (
+            f"exit 0 with {len(body)} of {len(nginx_tls.mid)} bytes"
+        )
+        assert body == nginx_tls.mid
+    else:
+        assert err.startswith("epcat: error:"), err
+        assert nginx_tls.mid.startswith(body)
+    no_traceback(err)
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_half_close(epcat_proc, server, tls_files):
+    """
+    TLS half-close: epcat ends its side with close_notify when stdin ends and
+    keeps reading; a server that replies only after that EOF gets its whole
+    reply through.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tls_files.cert), str(tls_files.key))
+    request = os.urandom(200_000)
+    reply = os.urandom(1_000_000)
+
+    def reply_after_close_notify(conn: socket.socket) -> bytes:
+        with context.wrap_socket(conn, server_side=True) as tls:
+            got = recv_all(tls)  # b"" on the client's close_notify
+            tls.sendall(reply)
+            tls.unwrap()
+            return got
+
+    srv = server(reply_after_close_notify)
+    ep = epcat_proc("-v", "connect", f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}",
+                    stdin=request)
+    assert ep.finish() == 0, ep.describe()
+    assert srv.wait_results(1) == [request]
+    assert ep.out == reply
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_to_plain_server_exit_35(server, tls_files):
+    """
+    A server that answers the ClientHello with plain text: the TLS handshake
+    fails, exit 35, one error line.
+    """
+    def plain_http(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    srv = server(plain_http)
+    result = run_epcat("connect", f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}",
+                       stdin=b"hello\n")
+    err = result.stderr.decode()
+    assert result.returncode == 35, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epcat: error:"), err
+    no_traceback(err)
+
+
+def curl_https(port: int, ca_pem: object, path: str = "/",
+               *extra: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [require("curl"), "--noproxy", "*", "-sS", "--max-time", "20",
+         "--resolve", f"localhost:{port}:127.0.0.1", "--cacert", str(ca_pem), *extra,
+         f"https://localhost:{port}{path}"],
+        capture_output=True, timeout=30,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_tls_termination_with_curl(epcat_proc, nginx, tls_files):
+    """
+    epcat listen ssl:0:...:privateKey=KEY:certKey=CERT connect tcp:NGINX,
+    checked with plain curl --cacert (which offers ALPN: this fails with
+    "tlsv1 alert internal error" without epcat's ALPN fix).
+    """
+    ep = epcat_proc(
+        "-v", "listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        "connect", f"tcp:127.0.0.1:{nginx.port}",
+    )
+    port = ep.port()
+    result = curl_https(port, tls_files.ca_pem)
+    assert result.returncode == 0, result.stderr + ep.err.encode()
+    assert result.stdout == nginx.body
+    for path, body in (("/mid.bin", nginx.mid), ("/big.bin", nginx.big)):
+        result = curl_https(port, tls_files.ca_pem, path)
+        assert result.returncode == 0, result.stderr + ep.err.encode()
+        assert result.stdout == body
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+def test_tls_termination_python_client_http11_alpn(epcat_proc, server, tls_files):
+    """
+    A client that offers only protocols epcat does not speak (ALPN h2,
+    http/1.1) still completes the handshake, with no protocol selected, and
+    its bytes are relayed both ways.
+    """
+    srv = server(echo_handler)
+    ep = epcat_proc(
+        "-v", "listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        "connect", f"tcp:{srv.address}",
+    )
+    port = ep.port()
+    context = ssl.create_default_context(cafile=str(tls_files.ca_pem))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    payload = os.urandom(100_000)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.selected_alpn_protocol() is None
+        tls.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = tls.recv(1 << 16)
+            assert chunk, "connection ended early"
+            got += chunk
+        assert got == payload
+
+
+def _reset(conn: socket.socket) -> None:
+    """
+    Close C{conn} with a TCP RST (SO_LINGER 0) instead of a FIN.
+    """
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_reset_by_peer_is_an_error(server, tls_files):
+    """
+    A TLS server that sends part of its answer and then resets the TCP
+    connection: the run did not deliver everything, so epcat must not exit 0
+    (exit 1, I/O error, and one error line), as it does for the same reset on
+    tcp: (see test_errors_e2e).
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tls_files.cert), str(tls_files.key))
+
+    def partial_then_reset(conn: socket.socket) -> None:
+        tls = context.wrap_socket(conn, server_side=True)
+        tls.recv(100)  # the request
+        tls.sendall(b"partial answer\n")
+        _reset(tls)
+
+    srv = server(partial_then_reset)
+    result = run_epcat("connect", f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}",
+                       stdin=b"request\n")
+    srv.wait_results(1)
+    err = result.stderr.decode()
+    # the kernel may drop what was not read yet when the RST arrives
+    assert b"partial answer\n".startswith(result.stdout)
+    assert result.returncode == 1, err
+    assert err.startswith("epcat: error:"), err
+    no_traceback(err)
+
+
+@pytest.mark.timeout(60)
+def test_tls_v_logs_version_and_cipher(spawn, epcat_proc, server, tls_files):
+    """
+    -v: a TLS connection's event line gives the protocol version and the
+    cipher, for an outbound (connect tls:, SNI sent) and an inbound (listen
+    ssl:, SNI received) side.
+    """
+    _, port = s_server(spawn, tls_files, "-rev")
+    ep = epcat_proc("-v", "connect", f"tls:localhost:{port}:trustRoots={tls_files.ca_dir}",
+                    stdin=b"abc\n")
+    assert ep.finish() == 0, ep.describe()
+    assert ep.out == b"cba\n"
+    assert re.search(r"^epcat: \[1\] .*\bTLSv1\.[23]\b.*(AES|CHACHA)", ep.err, re.M), ep.err
+
+    srv = server(echo_handler)
+    ep = epcat_proc(
+        "-v", "listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        "connect", f"tcp:{srv.address}",
+    )
+    port = ep.port()
+    context = ssl.create_default_context(cafile=str(tls_files.ca_pem))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"ping")
+        assert tls.recv(4) == b"ping"
+        ep.wait_stderr(r"^epcat: \[1\] .*\bTLSv1\.[23]\b.*(AES|CHACHA)", timeout=5)
