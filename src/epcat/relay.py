@@ -153,6 +153,8 @@ class RelaySide(Protocol):
         self.pair.last_activity = self.pair.reactor.seconds()
         if self.transform is not None:
             data = self.transform(data)
+        if self.pair.tap is not None:
+            self.pair.tap.chunk(self.pair, self, data, self.pair.pairs_open())
         peer = self.peer
         if peer is not None:
             if not peer.write_ended:
@@ -398,6 +400,10 @@ class Pair:
         #: EOF from either side ends the pair (a --reconnect tunnel, where
         #: one leg ending means the tunnel dropped)
         self.eof_closes = False
+        #: sees every relayed chunk (-x, --dump, --pcap): an L{epcat.tap.Tap}
+        self.tap: Any = None
+        #: how many pairs are open (for the dump's connection ids)
+        self.pairs_open: Callable[[], int] = lambda: 1
         self.outbound_failure: Failure | None = None
         self.attempt: Deferred[Any] | None = None
         self._on_event = on_event or (lambda event, pair, side: None)
@@ -456,6 +462,8 @@ class Pair:
                 self._side_lost(side)
 
     def _read_ended(self, side: RelaySide) -> None:
+        if self.tap is not None:
+            self.tap.ended(self, side)
         if self.first_closer is None:
             self.first_closer = side.role
             if self.half_close_timeout is not None and not self._finished:
@@ -509,6 +517,8 @@ class Pair:
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        if self.tap is not None:
+            self.tap.closed(self)
         self._on_event("closed", self, None)
         self.done.callback(self)
 

@@ -36,7 +36,8 @@ from epcat.endpoints import (
 from epcat.plan import ConnectOptions, Plan
 from epcat.relay import Pair, RelaySide, SideFactory
 from epcat.report import Reporter, pair_failure
-from epcat.status import EpcatError, ExitStatus, TimedOut, classify
+from epcat.status import EpcatError, ExitStatus, TimedOut, UsageError, classify
+from epcat.tap import Tap
 from epcat.ui import UI, address_fields, format_address
 
 #: During a graceful stop, a pair counts as finished once nothing has moved
@@ -167,6 +168,8 @@ class Runner:
         self._signals = 0
         self._accept_paused = False
         self._served = False
+        self.keylog: Callable[[Any, bytes], None] | None = None
+        self.tap: Tap | None = None
 
     # -- entry
 
@@ -183,11 +186,19 @@ class Runner:
 
         tlsfix.install()
         plan = self.plan
+        self.keylog = open_keylog(plan.keylog) if plan.keylog else None
+        if self.keylog is not None:
+            from epcat import tlsx
+
+            tlsx.set_keylog(self.keylog)
         # Parse every description first: a bad one is a usage error before
         # anything listens or connects.
         server = self._parse_listen(plan.listen) if plan.listen else None
-        clients = [parse_client(self.reactor, d) for d in plan.connect]
-        self.keylog = open_keylog(plan.keylog) if plan.keylog else None
+        clients = [parse_client(self.reactor, self._own_tls(d, "client")) for d in plan.connect]
+        try:
+            self.tap = Tap.from_options(plan.hexdump, plan.dump, plan.pcap)
+        except OSError as e:
+            raise UsageError(f"cannot create {e.filename!r}: {e.strerror.lower()}") from None
         self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         self._install_signal_handlers()
         self._start_progress()
@@ -205,16 +216,31 @@ class Runner:
 
     # -- listening
 
+    def _own_tls(self, description: str, kind: str) -> str:
+        """
+        With C{--keylog}, Twisted's C{tls:} client and C{ssl:} server are
+        built as epcat's C{tlsx:} types, which take every argument they take:
+        only a context epcat builds can log session secrets (pyOpenSSL lets a
+        context be changed only before its first connection, and Twisted's
+        types keep theirs private).
+        """
+        if self.keylog is None:
+            return description
+        kind_prefix = {"client": "tls", "server": "ssl"}[kind]
+        if endpoint_type(description) == kind_prefix:
+            return "tlsx:" + inner_description(description)
+        return description
+
     def _parse_listen(self, description: str) -> Any:
         """
         Parse the server description; a C{haproxy:} one gets epcat's own
         PROXY header wrapper (L{epcat.proxyproto}) around its inner endpoint.
         """
         if endpoint_type(description) != "haproxy":
-            return parse_server(self.reactor, description)
+            return parse_server(self.reactor, self._own_tls(description, "server"))
         from epcat.proxyproto import ProxyHeaderEndpoint, ProxyHeaderFactory
 
-        inner = parse_server(self.reactor, inner_description(description))
+        inner = parse_server(self.reactor, self._own_tls(inner_description(description), "server"))
         options = self.plan.listen_options
 
         def make_factory(factory: Any) -> ProxyHeaderFactory:
@@ -518,6 +544,8 @@ class Runner:
             idle_timeout=self.plan.idle_timeout,
             half_close_timeout=self.plan.half_close_timeout,
         )
+        pair.tap = self.tap
+        pair.pairs_open = lambda: len(self.pairs)
         if self.plan.mode == modes.TUNNEL:
             pair.inbound.is_client = True
         self.pairs.add(pair)
@@ -773,6 +801,8 @@ class Runner:
 
         def stopped(result: Any) -> Any:
             self._stop_progress()
+            if self.tap is not None:
+                self.tap.close()
             for call in calls:
                 if isinstance(call, LoopingCall):
                     if call.running:

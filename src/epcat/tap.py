@@ -1,0 +1,111 @@
+# -*- test-case-name: tests.unit.test_tap -*-
+"""
+C{-x/--hexdump}, C{--dump FILE} and C{--pcap FILE}: what the relay shows of
+the bytes it moves.  Only these options ever see payload bytes; the logs
+never do.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from epcat.relay import Pair, RelaySide
+
+#: pcap direction of the bytes each side sends: the inbound peer is the
+#: client of the synthesized stream, the outbound peer its server.
+_DIRECTIONS = {"inbound": ">", "outbound": "<"}
+
+
+def _ip_endpoint(address: Any) -> tuple[str, int] | None:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None or port is None:
+        return None
+    return host, port
+
+
+class Tap:
+    """
+    Sees every relayed chunk of every pair and passes it to the hex dump
+    and the pcap writer that were asked for.
+
+    @ivar dumper: an L{epcat.dump.HexDumper}, or L{None}.
+    @ivar pcap: an L{epcat.pcap.PcapWriter}, or L{None}.
+    """
+
+    def __init__(self, dumper: Any = None, pcap: Any = None) -> None:
+        self.dumper = dumper
+        self.pcap = pcap
+        self._open: set[int] = set()
+
+    @classmethod
+    def from_options(cls, hexdump: bool, dump: str | None, pcap: str | None) -> Tap | None:
+        """
+        The tap for C{-x}, C{--dump FILE} and C{--pcap FILE}, or L{None} when
+        none was given.
+
+        @raise OSError: a file cannot be created.
+        """
+        if not (hexdump or dump or pcap):
+            return None
+        from epcat.dump import HexDumper
+
+        dumper = None
+        if dump:
+            # (kept open for the life of the process; closed at exit)
+            dumper = HexDumper(open(dump, "a", encoding="utf-8"))  # noqa: SIM115
+        elif hexdump:
+            dumper = HexDumper(sys.stderr)
+        writer = None
+        if pcap:
+            from epcat.pcap import PcapWriter
+
+            writer = PcapWriter(pcap)
+        return cls(dumper, writer)
+
+    def chunk(self, pair: Pair, side: RelaySide, data: bytes, pairs_open: int) -> None:
+        """
+        C{side} sent C{data} (bytes), to be written to the other side.
+        """
+        direction = _DIRECTIONS[side.role]
+        if self.dumper is not None:
+            self.dumper.show_conn = self.dumper.show_conn or pairs_open > 1
+            self.dumper.chunk(direction, data, pair.conn_id)
+        if self.pcap is not None:
+            if pair.conn_id not in self._open:
+                self._open_stream(pair)
+            self.pcap.data(pair.conn_id, direction, data)
+
+    def ended(self, pair: Pair, side: RelaySide) -> None:
+        """
+        C{side} will send nothing more (its EOF).
+        """
+        if self.pcap is not None and pair.conn_id in self._open:
+            self.pcap.shutdown(pair.conn_id, _DIRECTIONS[side.role])
+
+    def closed(self, pair: Pair) -> None:
+        """
+        The pair is done.
+        """
+        if self.dumper is not None:
+            self.dumper.forget(pair.conn_id)
+        if self.pcap is not None and pair.conn_id in self._open:
+            self._open.discard(pair.conn_id)
+            self.pcap.close(pair.conn_id)
+            self.pcap.flush()
+
+    def close(self) -> None:
+        """
+        At exit: finish the capture file.
+        """
+        if self.pcap is not None:
+            self.pcap.close_all()
+
+    def _open_stream(self, pair: Pair) -> None:
+        self._open.add(pair.conn_id)
+        client = server = None
+        if pair.inbound.transport is not None and not pair.stdio_inbound:
+            client = _ip_endpoint(pair.inbound.transport.getPeer())
+        if pair.outbound.transport is not None and pair.outbound_description != "stdio":
+            server = _ip_endpoint(pair.outbound.transport.getPeer())
+        self.pcap.open_stream(pair.conn_id, client, server)
