@@ -255,9 +255,11 @@ def describe_session(transport: Any, record: VerifyRecord | None, role: str) -> 
     alpn = connection.get_alpn_proto_negotiated() or b""
     servername = connection.get_servername()
     chain = connection.get_peer_cert_chain(as_cryptography=True) or []
-    if not chain:
-        peer = connection.get_peer_certificate(as_cryptography=True)
-        chain = [peer] if peer is not None else []
+    peer = connection.get_peer_certificate(as_cryptography=True)
+    if peer is not None and (not chain or chain[0] != peer):
+        # a server's view of the client's chain leaves out the client's own
+        # certificate (SSL_get_peer_cert_chain(3))
+        chain = [peer, *chain]
     from OpenSSL.SSL import VERIFY_PEER
 
     if connection.get_verify_mode() & VERIFY_PEER and chain:
