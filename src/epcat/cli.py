@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import click
 
 from epcat import __version__
+from epcat.completion import complete_client, complete_server
 from epcat.status import EpcatError, ExitStatus, UsageError
 
 EPILOG = """\b
@@ -183,7 +184,7 @@ def _networks(option: str) -> Any:
 
 
 @cli.command(cls=Step)
-@click.argument("server", metavar="SERVER")
+@click.argument("server", metavar="SERVER", shell_complete=complete_server)
 @click.option("--once", is_flag=True, help="Serve one connection and exit when it ends.")
 @click.option(
     "--max-connections",
@@ -259,7 +260,7 @@ def listen(
 
 
 @cli.command(cls=Step)
-@click.argument("client", metavar="CLIENT")
+@click.argument("client", metavar="CLIENT", shell_complete=complete_client)
 @click.option(
     "--connect-timeout",
     type=SECONDS,

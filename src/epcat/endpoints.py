@@ -35,6 +35,8 @@ _HALF_CLOSE_BY_TYPE = {
     "stdio": HALF_CLOSE_SHUTDOWN,
     "systemd": HALF_CLOSE_SHUTDOWN,
     "hostname": HALF_CLOSE_SHUTDOWN,
+    # epcat.plugins: loseWriteConnection closes the child's stdin
+    "exec": HALF_CLOSE_SHUTDOWN,
     "tls": HALF_CLOSE_TLS,
     "ssl": HALF_CLOSE_TLS,
     "tlsx": HALF_CLOSE_TLS,

@@ -235,6 +235,14 @@ class RelaySide(Protocol):
         if held and not peer.write_ended:
             peer.transport.writeSequence(held)
 
+    def _take_held(self) -> list[bytes]:
+        """
+        Hand over what this side sent before the join (to the splice engine).
+        """
+        held, self._held, self._held_size = self._held, [], 0
+        self._paused_for_hold = False
+        return held
+
     def held_bytes(self) -> int:
         """Bytes read from this side and not yet written to the other."""
         return self._held_size
@@ -404,6 +412,10 @@ class Pair:
         self.tap: Any = None
         #: how many pairs are open (for the dump's connection ids)
         self.pairs_open: Callable[[], int] = lambda: 1
+        #: may the zero-copy path be used (nothing needs to see the bytes)?
+        self.fast_path = False
+        #: the L{epcat.splice.SpliceEngine} while it relays this pair
+        self.splice: Any = None
         self.outbound_failure: Failure | None = None
         self.attempt: Deferred[Any] | None = None
         self._on_event = on_event or (lambda event, pair, side: None)
@@ -447,6 +459,15 @@ class Pair:
         if self.idle_timeout is not None:
             self._timers["idle"] = self.reactor.callLater(self.idle_timeout, self._check_idle)
         a.peer, b.peer = b, a
+        if self._splice_ok():
+            from epcat.splice import SpliceEngine
+
+            if self.preamble is not None:
+                a._held.insert(0, self.preamble())  # written first
+            self.splice = SpliceEngine(self.reactor, self)
+            self._on_event("fast-path", self, None)
+            self.splice.start()
+            return
         if self.preamble is not None and not b.lost:
             b.transport.write(self.preamble())
         if not a.lost and not b.lost:
@@ -461,15 +482,43 @@ class Pair:
             if side.lost:
                 self._side_lost(side)
 
+    def _splice_ok(self) -> bool:
+        if not self.fast_path:
+            return False
+        from epcat import splice
+
+        a, b = self.inbound, self.outbound
+        return (
+            splice.available()
+            and not a.lost
+            and not b.lost
+            and a.half_close == HALF_CLOSE_SHUTDOWN
+            and b.half_close == HALF_CLOSE_SHUTDOWN
+            and a.transform is None
+            and b.transform is None
+            and splice.eligible(a.transport)
+            and splice.eligible(b.transport)
+        )
+
+    def _half_close_started(self) -> None:
+        """
+        One direction has ended: the half-close timeout, if any, runs now.
+        """
+        if (
+            self.half_close_timeout is not None
+            and not self._finished
+            and "half-close" not in self._timers
+        ):
+            self._timers["half-close"] = self.reactor.callLater(
+                self.half_close_timeout, self._half_close_expired
+            )
+
     def _read_ended(self, side: RelaySide) -> None:
         if self.tap is not None:
             self.tap.ended(self, side)
         if self.first_closer is None:
             self.first_closer = side.role
-            if self.half_close_timeout is not None and not self._finished:
-                self._timers["half-close"] = self.reactor.callLater(
-                    self.half_close_timeout, self._half_close_expired
-                )
+            self._half_close_started()
         if self.inbound.read_ended and self.outbound.read_ended:
             # Both directions have ended: what is left is flushing and
             # closing, which the half-close timeout is not about.
@@ -552,6 +601,8 @@ class Pair:
         if reason is not None and self.close_reason is None and not self._finished:
             self.close_reason = reason
             self._on_event("closing", self, None)
+        if self.splice is not None:
+            self.splice.stop()
         if self.attempt is not None:
             attempt, self.attempt = self.attempt, None
             attempt.cancel()
@@ -564,6 +615,8 @@ class Pair:
         """
         Close both sides at once.
         """
+        if self.splice is not None:
+            self.splice.stop()
         if self.attempt is not None:
             attempt, self.attempt = self.attempt, None
             attempt.cancel()

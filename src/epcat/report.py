@@ -103,7 +103,7 @@ class Reporter:
     # -- events
 
     def on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
-        handler = getattr(self, f"_on_{event}", None)
+        handler = getattr(self, f"_on_{event.replace('-', '_')}", None)
         if handler is not None:
             handler(pair, side)
 
@@ -265,6 +265,13 @@ class Reporter:
             self.ui.error(message, **fields)
         else:
             self.ui.warning(f"[{pair.conn_id}] {message}", **fields)
+
+    def _on_fast_path(self, pair: Pair, side: RelaySide | None) -> None:
+        self.ui.debug(
+            "fast-path",
+            f"[{pair.conn_id}] zero-copy relay with splice(2)",
+            conn=pair.conn_id,
+        )
 
     def _on_closing(self, pair: Pair, side: RelaySide | None) -> None:
         self.ui.info(

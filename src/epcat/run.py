@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import os
 import itertools
 import signal
 from typing import Any
@@ -546,6 +547,10 @@ class Runner:
         )
         pair.tap = self.tap
         pair.pairs_open = lambda: len(self.pairs)
+        # zero-copy when nothing needs to see the bytes (see epcat.splice)
+        pair.fast_path = (
+            self.tap is None and not self.plan.crlf and not os.environ.get("EPCAT_NO_SPLICE")
+        )
         if self.plan.mode == modes.TUNNEL:
             pair.inbound.is_client = True
         self.pairs.add(pair)

@@ -1,0 +1,313 @@
+# -*- test-case-name: tests.unit.test_splice,tests.e2e.test_splice_e2e -*-
+"""
+The zero-copy fast path: when both sides of a pair are plain stream sockets
+(TCP or UNIX) and nothing needs to see the bytes, they move socket -> pipe ->
+socket with splice(2), never entering Python.
+
+The engine is driven by the reactor's readiness callbacks: it takes the two
+sockets out of Twisted's transports (which stop reading and writing), adds
+descriptors of its own for the same file descriptors, and hands the sockets
+back to the transports to be closed when both directions have ended, so the
+pair ends exactly as on the normal path (C{connectionLost} on both sides).
+
+Same semantics as L{epcat.relay}: EOF on one socket is passed on as
+C{shutdown(SHUT_WR)} on the other once everything read before it has been
+written (half-close); a direction reads only while its pipe is empty, so a
+slow reader stops the fast writer (backpressure, at most one pipe's worth in
+flight); byte counts and the idle clock are kept on the pair.  Pipes are made
+only when a direction first moves data, so idle pairs cost no extra file
+descriptors.
+
+Linux only (splice(2), Python 3.10's C{os.splice}); L{eligible} says no
+elsewhere and the pair stays on the normal path.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from typing import Any
+
+from twisted.python.failure import Failure
+
+#: F_SETPIPE_SZ from fcntl(2) (Linux); Python has it as fcntl.F_SETPIPE_SZ
+#: from 3.10 on.
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+#: bytes a pipe may hold (fs.pipe-max-size is 1 MiB by default)
+PIPE_SIZE = 1 << 20
+
+#: splice rounds one readiness callback may do before yielding to the reactor
+ROUNDS = 8
+
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def available() -> bool:
+    """
+    Can this platform splice?
+    """
+    return hasattr(os, "splice") and hasattr(os, "pipe2")
+
+
+def eligible(transport: Any) -> bool:
+    """
+    Is C{transport} a plain stream socket transport (Twisted's TCP or UNIX
+    connection, not TLS, not a wrapper, not stdio)?
+    """
+    from twisted.internet import tcp
+
+    return type(transport).__module__ in ("twisted.internet.tcp", "twisted.internet.unix") and (
+        isinstance(transport, tcp.Connection)
+    )
+
+
+class _End:
+    """
+    One socket as the reactor sees it while the engine owns it: an
+    C{IReadDescriptor} and C{IWriteDescriptor} for the socket's file
+    descriptor.
+    """
+
+    def __init__(self, engine: SpliceEngine, side: Any) -> None:
+        self.engine = engine
+        self.side = side
+        self.transport = side.transport
+        self.fd = self.transport.fileno()
+        self.reading = False
+        self.writing = False
+
+    # the reactor's side
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "epcat-splice"
+
+    def doRead(self) -> None:
+        self.engine._readable(self)
+
+    def doWrite(self) -> None:
+        self.engine._writable(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # the reactor gave up on the descriptor (e.g. an error from epoll)
+        self.engine._failed(self, reason)
+
+    # ours
+
+    def want_read(self, on: bool) -> None:
+        if on and not self.reading:
+            self.engine.reactor.addReader(self)
+        elif not on and self.reading:
+            self.engine.reactor.removeReader(self)
+        self.reading = on
+
+    def want_write(self, on: bool) -> None:
+        if on and not self.writing:
+            self.engine.reactor.addWriter(self)
+        elif not on and self.writing:
+            self.engine.reactor.removeWriter(self)
+        self.writing = on
+
+
+class _Direction:
+    """
+    Bytes from C{source} to C{sink}, through a pipe.
+    """
+
+    def __init__(self, source: _End, sink: _End, pending: list[bytes], eof: bool) -> None:
+        self.source = source
+        self.sink = sink
+        self.pending = b"".join(pending)  # read by Twisted before the switch
+        self.eof = eof
+        self.in_pipe = 0
+        self.pipe: tuple[int, int] | None = None
+        self.done = False
+
+    def close_pipe(self) -> None:
+        if self.pipe is not None:
+            for fd in self.pipe:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.pipe = None
+
+
+class SpliceEngine:
+    """
+    Relays a joined pair with splice(2).
+
+    @ivar directions: inbound->outbound and outbound->inbound.
+    """
+
+    def __init__(self, reactor: Any, pair: Any) -> None:
+        self.reactor = reactor
+        self.pair = pair
+        self.stopped = False
+        self._ends: list[_End] = []
+        self.directions: list[_Direction] = []
+
+    def start(self) -> None:
+        """
+        Take both sockets from their transports and start moving bytes.
+        Bytes the transports already read (held before the join) go first.
+        """
+        pair = self.pair
+        a, b = pair.inbound, pair.outbound
+        for side in (a, b):
+            side.transport.stopReading()
+            side.transport.stopWriting()
+        end_a, end_b = _End(self, a), _End(self, b)
+        self._ends = [end_a, end_b]
+        held_a, held_b = a._take_held(), b._take_held()
+        self.directions = [
+            _Direction(end_a, end_b, held_a, a.read_ended),
+            _Direction(end_b, end_a, held_b, b.read_ended),
+        ]
+        for direction in self.directions:
+            self._pump(direction)
+
+    def stop(self) -> None:
+        """
+        Give the sockets back to their transports (which stay stopped until
+        closed).  Bytes still in a pipe are dropped: this is for closing.
+        """
+        if self.stopped:
+            return
+        self.stopped = True
+        for end in self._ends:
+            end.want_read(False)
+            end.want_write(False)
+        for direction in self.directions:
+            direction.close_pipe()
+        self.pair.splice = None
+
+    # readiness
+
+    def _readable(self, end: _End) -> None:
+        for direction in self.directions:
+            if direction.source is end:
+                self._pump(direction)
+
+    def _writable(self, end: _End) -> None:
+        for direction in self.directions:
+            if direction.sink is end:
+                self._pump(direction)
+
+    # the pump
+
+    def _pump(self, d: _Direction) -> None:
+        if self.stopped or d.done:
+            return
+        try:
+            for _ in range(ROUNDS):
+                if d.pending:
+                    sent = d.sink.transport.socket.send(d.pending)
+                    d.pending = d.pending[sent:]
+                    if d.pending:
+                        raise BlockingIOError(errno.EAGAIN, "partial send")
+                    continue
+                if d.in_pipe:
+                    moved = os.splice(d.pipe[0], d.sink.fd, d.in_pipe, flags=_FLAGS)
+                    d.in_pipe -= moved
+                    continue
+                if d.eof:
+                    self._direction_ended(d)
+                    return
+                if d.pipe is None:
+                    d.pipe = _make_pipe()
+                moved = os.splice(d.source.fd, d.pipe[1], PIPE_SIZE, flags=_FLAGS)
+                if moved == 0:
+                    d.eof = True
+                    continue
+                d.in_pipe += moved
+                d.source.side.bytes_received += moved
+                self.pair.last_activity = self.reactor.seconds()
+            # more may be waiting: let the reactor call again
+            busy = bool(d.in_pipe or d.pending)
+            self._interest(d, read=not busy, write=busy)
+        except BlockingIOError:
+            blocked_on_write = bool(d.in_pipe or d.pending)
+            self._interest(d, read=not blocked_on_write, write=blocked_on_write)
+        except OSError as e:
+            self._failed(d.sink if e.errno in (errno.EPIPE, errno.ECONNRESET) else d.source,
+                         Failure(e))
+
+    def _interest(self, d: _Direction, read: bool, write: bool) -> None:
+        # (each socket is the source of one direction and the sink of the
+        # other, so read interest belongs to one direction, write to the other)
+        d.source.want_read(read)
+        d.sink.want_write(write)
+
+    def _direction_ended(self, d: _Direction) -> None:
+        """
+        EOF from the source and everything before it written: half-close the
+        sink, as the normal path does.
+        """
+        d.done = True
+        d.close_pipe()
+        source, sink = d.source.side, d.sink.side
+        pair = self.pair
+        if pair.first_closer is None:
+            pair.first_closer = source.role
+        source.read_ended = True
+        if pair.tap is not None:
+            pair.tap.ended(pair, source)
+        d.source.want_read(False)
+        d.sink.want_write(False)
+        try:
+            d.sink.transport.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sink.write_ended = True
+        sink.write_shutdown_sent = True
+        if all(direction.done for direction in self.directions) or pair.eof_closes:
+            self._finish()
+        else:
+            pair._half_close_started()
+
+    def _finish(self) -> None:
+        """
+        Both directions ended: close both sockets, reporting a clean close as
+        Twisted does for a socket whose write side it shut down itself.
+
+        (Going through C{loseConnection} would not do: the transports do not
+        know the engine shut their write sides down, so they would wait to
+        write, and the reactor reports a fully shut down socket it is not
+        reading from as lost.)
+        """
+        from twisted.internet.error import ConnectionDone
+
+        self.stop()
+        for side in (self.pair.inbound, self.pair.outbound):
+            side.transport.unregisterProducer()
+            if not side.lost:
+                side.transport.connectionLost(Failure(ConnectionDone()))
+
+    def _failed(self, end: _End, reason: Failure) -> None:
+        """
+        A socket failed (reset, broken pipe): abort it, close the other after
+        flushing, as the normal path does when one side is lost.
+        """
+        if self.stopped:
+            return
+        self.stop()
+        other = self._ends[1] if end is self._ends[0] else self._ends[0]
+        end.side.abort()
+        other.side._close()
+
+
+def _make_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # the default 64 KiB will do
+    return r, w

@@ -1,0 +1,163 @@
+"""
+The zero-copy fast path (epcat.splice): integrity, half-close, backpressure,
+and the fallback to the normal path when something must see the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import ssl
+import threading
+
+import pytest
+
+from .conftest import WAIT, no_traceback, recv_all
+
+pytestmark = pytest.mark.e2e
+
+SPLICE_LINE = "zero-copy relay with splice(2)"
+
+
+def _relay(epcat_proc, backend_address: str, *extra: str, env=None):
+    args = [
+        "-vv",
+        *extra,
+        "listen",
+        "tcp:0:interface=127.0.0.1",
+        "connect",
+        f"tcp:{backend_address}",
+    ]
+    ep = epcat_proc(*args, env=env) if env is not None else epcat_proc(*args)
+    return ep, ep.port()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("no_splice", [False, True], ids=["splice", "userspace"])
+def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice):
+    size = 32 * 1024 * 1024
+    upload, download = os.urandom(size), os.urandom(size)
+
+    def backend(conn: socket.socket) -> str:
+        got = recv_all(conn)  # returns at the client's half-close
+        conn.sendall(download)  # answered only after EOF
+        return hashlib.sha256(got).hexdigest()
+
+    srv = server(backend)
+    env = dict(os.environ, EPCAT_NO_SPLICE="1") if no_splice else None
+    ep, port = _relay(epcat_proc, srv.address, env=env)
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        sender = threading.Thread(
+            target=lambda: (client.sendall(upload), client.shutdown(socket.SHUT_WR)), daemon=True
+        )
+        sender.start()
+        received = recv_all(client)
+        sender.join(WAIT)
+    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+    ep.wait_stderr(r"\[1\] closed: ")
+    assert (SPLICE_LINE in ep.err) is (not no_splice), ep.err
+    no_traceback(ep.err)
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(60)
+def test_backpressure_keeps_memory_bounded(epcat_proc, server):
+    """
+    A reader that stops reading: the sender is paused (its send blocks), and
+    epcat's memory does not grow with what the sender offers.
+    """
+    stop = threading.Event()
+    total = 256 * 1024 * 1024
+    chunk = b"x" * (1 << 20)
+
+    def backend(conn: socket.socket) -> int:
+        stop.wait(WAIT)  # read nothing until told
+        return len(recv_all(conn))
+
+    srv = server(backend)
+    ep, port = _relay(epcat_proc, srv.address)
+    client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    ep.wait_stderr(re.escape(SPLICE_LINE))
+    before = _rss_kib(ep.pid)
+    sent = 0
+    client.settimeout(0.5)
+    try:
+        while sent < total:
+            sent += client.send(chunk)
+    except TimeoutError:
+        pass  # the relay stopped taking bytes: backpressure
+    assert sent < total, "the relay took everything: no backpressure"
+    grown = _rss_kib(ep.pid) - before
+    assert grown < 16 * 1024, f"epcat grew by {grown} KiB while the reader was stalled"
+    stop.set()
+    client.settimeout(WAIT)
+    while sent < total:
+        sent += client.send(chunk)
+    client.shutdown(socket.SHUT_WR)
+    assert srv.wait_results(1) == [total]
+    client.close()
+
+
+@pytest.mark.timeout(60)
+def test_fallback_with_hexdump(epcat_proc, server):
+    """
+    -x must see the bytes: the pair stays on the normal path.
+    """
+
+    def echo(conn: socket.socket) -> None:
+        conn.sendall(recv_all(conn))
+
+    srv = server(echo)
+    ep, port = _relay(epcat_proc, srv.address, "-x")
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        client.sendall(b"visible")
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b"visible"
+    ep.wait_stderr(r"\[1\] closed: ")
+    assert SPLICE_LINE not in ep.err
+    assert "76 69 73 69 62 6c 65" in ep.err  # the dump saw the bytes
+
+
+@pytest.mark.timeout(60)
+def test_fallback_with_tls(epcat_proc, server, tls_files):
+    """
+    A TLS side cannot be spliced: the normal path relays it.
+    """
+
+    def echo(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+
+    srv = server(echo)
+    ep = epcat_proc(
+        "-vv",
+        "listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        "connect",
+        f"tcp:{srv.address}",
+    )
+    port = ep.port()
+    context = ssl.create_default_context(cafile=str(tls_files.ca_pem))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"through tls")
+        answer = b""
+        while len(answer) < len(b"through tls"):
+            data = tls.recv(100)
+            if not data:
+                break
+            answer += data
+    assert answer == b"through tls"
+    assert SPLICE_LINE not in ep.err
