@@ -24,6 +24,8 @@ from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
+from epcat import splice as zero_copy
+from epcat import tlsinfo
 from epcat.endpoints import HALF_CLOSE_SHUTDOWN, HALF_CLOSE_TLS
 
 #: Bytes held from one side while the other is not connected yet; past this
@@ -141,10 +143,6 @@ class RelaySide(Protocol):
     def connectionMade(self) -> None:
         self.connected_at = self.pair.reactor.seconds()
         if self.half_close == HALF_CLOSE_TLS:
-            # before the handshake starts (Twisted's TLS transport begins it
-            # right after connecting the wrapped protocol)
-            from epcat import tlsinfo
-
             self.tls_record = tlsinfo.watch(self.transport)
         self.pair._side_connected(self)
 
@@ -206,9 +204,7 @@ class RelaySide(Protocol):
 
     def handshakeCompleted(self) -> None:
         if self.is_client:
-            from epcat.tlsinfo import check_identity
-
-            error = check_identity(self.transport)
+            error = tlsinfo.check_identity(self.transport)
             if error is not None:
                 self.transport.failVerification(Failure(error))
                 return
@@ -460,11 +456,9 @@ class Pair:
             self._timers["idle"] = self.reactor.callLater(self.idle_timeout, self._check_idle)
         a.peer, b.peer = b, a
         if self._splice_ok():
-            from epcat.splice import SpliceEngine
-
             if self.preamble is not None:
                 a._held.insert(0, self.preamble())  # written first
-            self.splice = SpliceEngine(self.reactor, self)
+            self.splice = zero_copy.SpliceEngine(self.reactor, self)
             self._on_event("fast-path", self, None)
             self.splice.start()
             return
@@ -485,19 +479,17 @@ class Pair:
     def _splice_ok(self) -> bool:
         if not self.fast_path:
             return False
-        from epcat import splice
-
         a, b = self.inbound, self.outbound
         return (
-            splice.available()
+            zero_copy.available()
             and not a.lost
             and not b.lost
             and a.half_close == HALF_CLOSE_SHUTDOWN
             and b.half_close == HALF_CLOSE_SHUTDOWN
             and a.transform is None
             and b.transform is None
-            and splice.eligible(a.transport)
-            and splice.eligible(b.transport)
+            and zero_copy.eligible(a.transport)
+            and zero_copy.eligible(b.transport)
         )
 
     def _half_close_started(self) -> None:

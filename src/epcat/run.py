@@ -50,6 +50,9 @@ DRAIN_IDLE = 1.0
 #: aborted.
 CLOSE_GRACE = 2.0
 
+#: Seconds epcat stops accepting after running out of file descriptors.
+EMFILE_PAUSE = 0.5
+
 
 class CrlfTranslator:
     """
@@ -106,6 +109,30 @@ class AccessList:
             ip.version == n.version and ip in n for n in self.allow
         ):
             return "not in any --allow network"
+        return None
+
+
+def raise_fd_limit() -> int | None:
+    """
+    Raise the soft RLIMIT_NOFILE to the hard limit, so that one process can
+    hold as many connections as the system lets it (each relayed pair takes
+    two file descriptors, four while the zero-copy path moves data).
+
+    @return: the soft limit now in force, or L{None} if it cannot be read.
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft == resource.RLIM_INFINITY or soft >= hard:
+            return soft
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    except (OSError, ValueError):
         return None
 
 
@@ -171,6 +198,7 @@ class Runner:
         self._served = False
         self.keylog: Callable[[Any, bytes], None] | None = None
         self.tap: Tap | None = None
+        self._emfile_paused = False
 
     # -- entry
 
@@ -187,6 +215,10 @@ class Runner:
 
         tlsfix.install()
         plan = self.plan
+        limit = raise_fd_limit()
+        if limit is not None:
+            self.ui.info("fd-limit", f"file descriptor limit: {limit}", fd_limit=limit)
+        self._watch_emfile()
         self.keylog = open_keylog(plan.keylog) if plan.keylog else None
         if self.keylog is not None:
             from epcat import tlsx
@@ -331,6 +363,43 @@ class Runner:
         if start is not None:
             start()
 
+    def _watch_emfile(self) -> None:
+        """
+        Out of file descriptors at accept: Twisted's TCP port survives it
+        (it accepts and closes with a reserved descriptor, and logs
+        "EMFILE encountered").  epcat also stops accepting for
+        L{EMFILE_PAUSE} seconds, so that clients wait in the backlog instead
+        of being turned away, and says so once per burst.
+        """
+        from twisted.logger import globalLogPublisher
+
+        def observer(event: dict[str, Any]) -> None:
+            text = event.get("log_format") or ""
+            if "EMFILE encountered" in text and not self._emfile_paused:
+                self.reactor.callLater(0, self._emfile_burst)
+
+        globalLogPublisher.addObserver(observer)
+
+    def _emfile_burst(self) -> None:
+        if self._emfile_paused or self._stopping:
+            return
+        self._emfile_paused = True
+        self.ui.warning(
+            f"out of file descriptors (EMFILE): not accepting for {EMFILE_PAUSE:g} s; "
+            f"{len(self.pairs)} connection(s) open",
+            event="emfile",
+            open=len(self.pairs),
+        )
+        self._pause_accepting()
+
+        def resume() -> None:
+            self._emfile_paused = False
+            limit = self.plan.listen_options.max_connections
+            if limit is None or len(self._started) < limit:
+                self._resume_accepting()
+
+        self.reactor.callLater(EMFILE_PAUSE, resume)
+
     def _pause_accepting(self) -> None:
         if self._accept_paused:
             return
@@ -341,7 +410,7 @@ class Runner:
                 stop()
 
     def _resume_accepting(self) -> None:
-        if not self._accept_paused or self._stopping:
+        if not self._accept_paused or self._stopping or self._emfile_paused:
             return
         self._accept_paused = False
         for port in self.ports:
