@@ -53,7 +53,7 @@ class Settings:
 
 SECONDS = click.FloatRange(min=0, min_open=True)
 
-SUBCOMMANDS = ("listen", "connect", "endpoints")
+SUBCOMMANDS = ("listen", "connect", "endpoints", "explain")
 
 
 class Step(click.Command):
@@ -163,7 +163,8 @@ def cli(
     epcat [GLOBAL] connect CLIENT                 stdin/stdout <-> one connection (nc host port)
     epcat [GLOBAL] listen SERVER                  first accepted connection <-> stdin/stdout (nc -l)
     epcat [GLOBAL] connect CLIENT_A connect CLIENT_B   join two outbound connections
-    epcat endpoints                               list the endpoint types available here
+    epcat endpoints [TYPE]                        list the endpoint types available here
+    epcat explain DESCRIPTION                     what a description means (nothing is opened)
 
     Global options go before the first subcommand.
     """
@@ -366,17 +367,35 @@ def endpoints(type_name: str | None) -> tuple[str, str | None]:
     return ("endpoints", type_name)
 
 
+@cli.command()
+@click.argument("description", metavar="DESCRIPTION")
+def explain(description: str) -> tuple[str, str]:
+    """Explain an endpoint description without listening or connecting.
+
+    Prints, for a server and for a client, the endpoint class, every
+    argument with its value or default, what it wraps and whether it
+    half-closes; exits 2 with the parse error if it parses as neither.
+    """
+    return ("explain", description)
+
+
 @cli.result_callback()
 @click.pass_context
 def dispatch(ctx: click.Context, steps: Sequence[tuple[str, Any]], **_: Any) -> None:
     settings: Settings = ctx.obj
     names = [name for name, _ in steps]
-    if "endpoints" in names:
-        if names != ["endpoints"]:
-            raise UsageError("'endpoints' cannot be combined with listen or connect")
+    for alone in ("endpoints", "explain"):
+        if alone in names and names != [alone]:
+            raise UsageError(f"'{alone}' cannot be combined with other subcommands")
+    if names == ["endpoints"]:
         from epcat.catalog import show_endpoints
 
         show_endpoints(steps[0][1], sys.stdout)
+        return
+    if names == ["explain"]:
+        from epcat.explain import explain as explain_description
+
+        explain_description(steps[0][1], sys.stdout)
         return
     from epcat.plan import make_plan
 
@@ -468,8 +487,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     The C{epcat} console script.  Exits with the run's status.
     """
-    from epcat.ui import UI
-
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=args, prog_name="epcat", standalone_mode=False)
@@ -477,9 +494,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(e.ctx.get_help(), err=True)
         sys.exit(ExitStatus.USAGE)
     except click.UsageError as e:
+        from epcat.ui import UI
+
         UI(log_format=_log_format_of(args)).error(_usage_message(e), event="usage")
         sys.exit(ExitStatus.USAGE)
     except UsageError as e:
+        from epcat.ui import UI
+
         UI(log_format=_log_format_of(args)).error(str(e), event="usage")
         sys.exit(ExitStatus.USAGE)
     except click.exceptions.Exit as e:

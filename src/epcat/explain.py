@@ -1,0 +1,145 @@
+# -*- test-case-name: tests.unit.test_explain -*-
+"""
+C{epcat explain DESCRIPTION}: what an endpoint description means, without
+listening or connecting.
+
+The description is parsed by Twisted's own parsers (with a memory reactor,
+so nothing happens), as a server and as a client; for each that parses, the
+endpoint class, every argument with its value or default, what it wraps, and
+whether it half-closes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import IO, Any
+
+from epcat.endpoints import endpoint_type, half_close_mode, inner_description
+from epcat.status import UsageError
+
+_HALF_CLOSE_WORDS = {
+    "shutdown": "yes (shutdown of the write side)",
+    "tls": "sends TLS close_notify and keeps reading; a peer's close_notify ends it",
+    "none": "no: closed after flushing when the other side ends",
+}
+
+
+def _parser_for(role: str, prefix: str) -> Any:
+    """
+    The function or plugin method Twisted calls for C{prefix}, for its
+    signature.
+    """
+    from twisted.internet import endpoints
+    from twisted.internet.interfaces import (
+        IStreamClientEndpointStringParserWithReactor,
+        IStreamServerEndpointStringParser,
+    )
+    from twisted.plugin import getPlugins
+
+    table = endpoints._serverParsers if role == "server" else endpoints._clientParsers
+    for name, parser in table.items():
+        if name.lower() == prefix:
+            return parser
+    interface = (
+        IStreamServerEndpointStringParser
+        if role == "server"
+        else IStreamClientEndpointStringParserWithReactor
+    )
+    method = "parseStreamServer" if role == "server" else "parseStreamClient"
+    for plugin in getPlugins(interface):
+        plugin_prefix = getattr(plugin, "prefix", "")
+        if isinstance(plugin_prefix, bytes):
+            plugin_prefix = plugin_prefix.decode("ascii", "replace")
+        if plugin_prefix.lower() == prefix:
+            # Twisted's own plugins forward *args to a function whose
+            # signature names the arguments
+            for inner in ("_parseServer", "_parseClient"):
+                if hasattr(plugin, inner):
+                    return getattr(plugin, inner)
+            if prefix == "tls" and role == "client":
+                return endpoints._parseClientTLS
+            return getattr(plugin, method, None)
+    return None
+
+
+def arguments(role: str, description: str) -> list[tuple[str, str, bool]]:
+    """
+    Every argument of a description: (name, value, given) with the parser's
+    defaults for those not given.
+
+    @return: in the parser's order, then any extra keyword arguments.
+    """
+    from twisted.internet.endpoints import _parse
+
+    args, kwargs = _parse(description)
+    prefix = args.pop(0).lower() if args else ""
+    if prefix == "haproxy":
+        return []  # all of it is the wrapped description
+    parser = _parser_for(role, prefix)
+    result: list[tuple[str, str, bool]] = []
+    names: list[str] = []
+    if parser is not None:
+        try:
+            parameters = list(inspect.signature(parser).parameters.values())
+        except (TypeError, ValueError):
+            parameters = []
+        positional = list(args)
+        for parameter in parameters:
+            if parameter.name in ("self", "reactor", "factory"):
+                continue
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            names.append(parameter.name)
+            if positional:
+                result.append((parameter.name, str(positional.pop(0)), True))
+            elif parameter.name in kwargs:
+                result.append((parameter.name, str(kwargs[parameter.name]), True))
+            elif parameter.default is not parameter.empty:
+                result.append((parameter.name, repr(parameter.default), False))
+        for value in positional:
+            result.append(("(extra)", str(value), True))
+    else:
+        result.extend((f"#{i}", str(a), True) for i, a in enumerate(args, 1))
+    for key, value in kwargs.items():
+        if key not in names:
+            result.append((key, str(value), True))
+    return result
+
+
+def explain(description: str, out: IO[str]) -> None:
+    """
+    Write what C{description} means to C{out}.
+
+    @raise UsageError: it parses neither as a server nor as a client (the
+        message gives both reasons).
+    """
+    from twisted.internet.testing import MemoryReactor
+
+    from epcat.endpoints import parse_client, parse_server
+
+    reactor = MemoryReactor()
+    prefix = endpoint_type(description)
+    lines = [description]
+    errors = []
+    for role, parse in (("server", parse_server), ("client", parse_client)):
+        try:
+            endpoint = parse(reactor, description)
+        except UsageError as e:
+            errors.append(str(e))
+            continue
+        cls = type(endpoint)
+        lines.append(f"  as a {role} ({'epcat listen' if role == 'server' else 'epcat connect'}):")
+        lines.append(f"    endpoint:   {cls.__name__} ({cls.__module__})")
+        for name, value, given in arguments(role, description):
+            lines.append(f"    {name} = {value}{'' if given else '  (default)'}")
+        if prefix == "haproxy":
+            lines.append(
+                f"    wraps:      {inner_description(description)} "
+                "(a PROXY protocol header is read first on every connection)"
+            )
+        elif "endpoint=" in description:
+            lines.append("    wraps:      the endpoint= description (TLS over it)")
+        lines.append(f"    half-close: {_HALF_CLOSE_WORDS[half_close_mode(description)]}")
+    if len(lines) == 1:
+        raise UsageError("; ".join(errors))
+    out.write("\n".join(lines) + "\n")
