@@ -233,6 +233,15 @@ def _networks(option: str) -> Any:
     help="haproxy: listeners: close a connection whose PROXY header has not arrived "
     "within this long.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Run N processes sharing the listening port (SO_REUSEPORT), to use every core "
+    "(tcp:/tcp6: listeners).",
+)
 def listen(
     server: str,
     once: bool,
@@ -242,6 +251,7 @@ def listen(
     drain_timeout: float,
     proxy_trusted: tuple[str, ...],
     proxy_header_timeout: float,
+    workers: int,
 ) -> tuple[str, Any]:
     """Listen on the server endpoint SERVER.
 
@@ -255,7 +265,14 @@ def listen(
     from epcat.plan import ListenOptions
 
     options = ListenOptions(
-        once, max_connections, allow, deny, drain_timeout, proxy_trusted, proxy_header_timeout
+        once,
+        max_connections,
+        allow,
+        deny,
+        drain_timeout,
+        proxy_trusted,
+        proxy_header_timeout,
+        workers,
     )
     return ("listen", (server, options))
 
@@ -408,6 +425,13 @@ def go(plan: Any) -> None:
     Run C{plan} under C{react()}; never returns (C{react} exits the process).
     The seam CLI tests patch, so that they never start a reactor.
     """
+    import os
+
+    from epcat.workers import PORT_VARIABLE, supervise
+
+    if plan.listen_options.workers > 1 and not os.environ.get(PORT_VARIABLE):
+        sys.exit(supervise(sys.argv[1:], plan.listen, plan.listen_options.workers))
+
     from twisted.internet.task import react
 
     from epcat.ui import UI

@@ -73,6 +73,7 @@ class ListenOptions:
     drain_timeout: float = 10.0
     proxy_trusted: tuple[str, ...] = ()
     proxy_header_timeout: float = 5.0
+    workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +201,11 @@ def make_plan(
             raise UsageError(
                 "listen: --proxy-trusted applies to haproxy: listeners only "
                 f"(e.g. 'listen haproxy:{plan.listen or 'tcp:8080'}')"
+            )
+        if plan.listen_options.workers > 1 and (plan.mode != RELAY or plan.listen_options.once):
+            raise UsageError(
+                "listen: --workers N applies to a relay (listen SERVER connect CLIENT) "
+                "that serves many connections"
             )
         if plan.mode == RELAY and plan.reconnect:
             raise UsageError(

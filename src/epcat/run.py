@@ -269,11 +269,16 @@ class Runner:
         Parse the server description; a C{haproxy:} one gets epcat's own
         PROXY header wrapper (L{epcat.proxyproto}) around its inner endpoint.
         """
+        from epcat.workers import worker_endpoint
+
+        shared = worker_endpoint(self.reactor, description)  # --workers
         if endpoint_type(description) != "haproxy":
-            return parse_server(self.reactor, self._own_tls(description, "server"))
+            return shared or parse_server(self.reactor, self._own_tls(description, "server"))
         from epcat.proxyproto import ProxyHeaderEndpoint, ProxyHeaderFactory
 
-        inner = parse_server(self.reactor, self._own_tls(inner_description(description), "server"))
+        inner = shared or parse_server(
+            self.reactor, self._own_tls(inner_description(description), "server")
+        )
         options = self.plan.listen_options
 
         def make_factory(factory: Any) -> ProxyHeaderFactory:

@@ -1,0 +1,52 @@
+"""
+listen --workers N: N processes share the port (SO_REUSEPORT).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+import pytest
+
+from .conftest import WAIT, no_traceback, run_epcat
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.timeout(60)
+def test_two_workers_share_the_port(epcat_proc, server):
+    def echo(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+
+    srv = server(echo)
+    ep = epcat_proc(
+        "-v", "listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "connect",
+        f"tcp:{srv.address}",
+    )
+    port = ep.port()
+    # both workers listen on the same port
+    first = ep.stderr.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
+    index = ep.stderr.lines.index(first.string)
+    second = ep.stderr.wait_for(r"listening on 127\.0\.0\.1:(\d+)", start=index + 1)
+    assert first.group(1) == second.group(1) == str(port)
+    for i in range(40):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+            message = b"worker test %d" % i
+            client.sendall(message)
+            assert client.recv(100) == message
+    ep.popen.send_signal(signal.SIGTERM)
+    assert ep.popen.wait(WAIT) == 0
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(30)
+def test_workers_need_a_tcp_listener(tmp_path):
+    result = run_epcat(
+        "listen", f"unix:{tmp_path}/s.sock", "--workers", "2", "connect", "tcp:127.0.0.1:1"
+    )
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert err.startswith("epcat: error:") and "--workers" in err, err
+    assert len(err.strip().splitlines()) == 1
