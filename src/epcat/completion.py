@@ -26,12 +26,13 @@ in well under 0.1 s.  Third-party endpoint plugins that epcat knows of
 their dropin module is found in a C{twisted/plugins} directory on
 C{sys.path}, which needs no import.
 
-Importing this module also registers epcat's variants of click's bash and
-zsh completion classes (L{BashComplete}, L{ZshComplete}): click's bash script
-passes C{COMP_WORDS} as bash split them, and bash splits words at every
-character of C{COMP_WORDBREAKS}, which include C{:} and C{=}, so
-C{tcp:8080:} reached click as four words; and click's scripts add a space
-after a single match, which would end the description at C{tcp:}.
+Importing this module also registers epcat's variants of click's bash, zsh
+and fish completion classes (L{BashComplete}, L{ZshComplete},
+L{FishComplete}): click's bash script passes C{COMP_WORDS} as bash split them,
+and bash splits words at every character of C{COMP_WORDBREAKS}, which include
+C{:} and C{=}, so C{tcp:8080:} reached click as four words; click's bash and
+zsh scripts add a space after a single match, which would end the description
+at C{tcp:}; and click 8.4.0's fish script does not run (pallets/click#3502).
 """
 
 from __future__ import annotations
@@ -42,17 +43,10 @@ import sys
 from typing import NamedTuple
 
 import click
-from click.shell_completion import (
-    BashComplete as _ClickBashComplete,
-)
-from click.shell_completion import (
-    CompletionItem,
-    add_completion_class,
-    split_arg_string,
-)
-from click.shell_completion import (
-    ZshComplete as _ClickZshComplete,
-)
+from click.shell_completion import BashComplete as _ClickBashComplete
+from click.shell_completion import CompletionItem, add_completion_class, split_arg_string
+from click.shell_completion import FishComplete as _ClickFishComplete
+from click.shell_completion import ZshComplete as _ClickZshComplete
 
 
 class EndpointSpec(NamedTuple):
@@ -89,9 +83,7 @@ _SSL_SERVER_KEYWORDS = (
 SERVER_TYPES: dict[str, EndpointSpec] = {
     "tcp": EndpointSpec("TCP over IPv4", ("port",), ("interface", "backlog")),
     "tcp6": EndpointSpec("TCP over IPv6", ("port",), ("interface", "backlog")),
-    "unix": EndpointSpec(
-        "UNIX stream socket", ("address",), ("mode", "backlog", "lockfile")
-    ),
+    "unix": EndpointSpec("UNIX stream socket", ("address",), ("mode", "backlog", "lockfile")),
     "ssl": EndpointSpec("TLS over TCP (terminate TLS)", ("port",), _SSL_SERVER_KEYWORDS),
     "tls": EndpointSpec(
         "TLS over TCP6 with a directory of PEM files (SNI)",
@@ -124,9 +116,7 @@ SERVER_TYPES: dict[str, EndpointSpec] = {
 }
 
 CLIENT_TYPES: dict[str, EndpointSpec] = {
-    "tcp": EndpointSpec(
-        "TCP (IPv4 names)", ("host", "port"), ("timeout", "bindAddress")
-    ),
+    "tcp": EndpointSpec("TCP (IPv4 names)", ("host", "port"), ("timeout", "bindAddress")),
     "hostname": EndpointSpec(
         "TCP to every address of a name, IPv4 and IPv6 (happy eyeballs)",
         ("host", "port"),
@@ -284,7 +274,7 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
 
 
-def complete_paths(partial: str, lead: str = "", dirs_only: bool = False) -> list[CompletionItem]:
+def complete_paths(partial: str, lead: str = "") -> list[CompletionItem]:
     """
     File and directory names for a path argument inside a description.
 
@@ -296,7 +286,6 @@ def complete_paths(partial: str, lead: str = "", dirs_only: bool = False) -> lis
 
     @param partial: the (escaped) path typed so far.
     @param lead: the description text before the path, kept on every offer.
-    @param dirs_only: offer directories only.
     """
     raw = _unescape(partial)
     if raw.startswith("~"):
@@ -315,8 +304,6 @@ def complete_paths(partial: str, lead: str = "", dirs_only: bool = False) -> lis
             is_dir = entry.is_dir()
         except OSError:
             is_dir = False
-        if dirs_only and not is_dir:
-            continue
         path = os.path.join(directory, name) + ("/" if is_dir else "")
         items.append(CompletionItem(lead + _escape(path)))
     return items
@@ -390,6 +377,39 @@ def complete_client(
     L{complete_server}.
     """
     return _complete_description(incomplete, "client")
+
+
+def complete_description(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """
+    A C{shell_complete} callback for a description that may be either kind
+    (C{epcat explain DESCRIPTION}): server and client offers together.
+    """
+    seen: dict[str, CompletionItem] = {}
+    for role in ("server", "client"):
+        for item in _complete_description(incomplete, role):
+            seen.setdefault(item.value, item)
+    return sorted(seen.values(), key=lambda item: item.value)
+
+
+def complete_type_name(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """
+    A C{shell_complete} callback for a bare type name, server or client
+    (C{epcat endpoints TYPE}).
+    """
+    names: dict[str, str] = {}
+    for role in ("server", "client"):
+        for prefix, spec in endpoint_specs(role).items():
+            names.setdefault(prefix, spec.summary)
+    typed = incomplete.lower()
+    return [
+        CompletionItem(prefix, help=summary)
+        for prefix, summary in sorted(names.items())
+        if prefix.startswith(typed)
+    ]
 
 
 # -- click's completion classes, adapted to descriptions
@@ -499,6 +519,34 @@ else
 fi
 """
 
+# click 8.4.0's fish script is broken (pallets/click#3502: an unescaped "\n"
+# splits a line of the script, and fish's command substitution splits the
+# response on newlines anyway).  This is the script of click 8.1-8.3, with a
+# response line per offer: TYPE,VALUE[<TAB>HELP], split at the first comma
+# only (values may hold commas: alpn=h2,http/1.1).  fish adds no space after
+# an offer ending in '/', '=' or ':' by itself.
+_SOURCE_FISH = """\
+function %(complete_func)s;
+    set -l response (env %(complete_var)s=fish_complete COMP_WORDS=(commandline -cp) \
+COMP_CWORD=(commandline -t) %(prog_name)s);
+
+    for completion in $response;
+        set -l metadata (string split -m 1 "," -- $completion);
+
+        if test $metadata[1] = "dir";
+            __fish_complete_directories $metadata[2];
+        else if test $metadata[1] = "file";
+            __fish_complete_path $metadata[2];
+        else if test $metadata[1] = "plain";
+            echo $metadata[2];
+        end;
+    end;
+end;
+
+complete --no-files --command %(prog_name)s --arguments \
+"(%(complete_func)s)";
+"""
+
 
 class BashComplete(_ClickBashComplete):
     """
@@ -545,8 +593,25 @@ class ZshComplete(_ClickZshComplete):
     source_template = _SOURCE_ZSH
 
 
+class FishComplete(_ClickFishComplete):
+    """
+    click's fish completion with a script that works whatever click's
+    version: one response line per offer, C{TYPE,VALUE} and, when the offer
+    has help, a tab and the help (fish shows it as the description).
+    """
+
+    source_template = _SOURCE_FISH
+
+    def format_completion(self, item: CompletionItem) -> str:
+        value = " ".join(str(item.value).splitlines())
+        if item.help:
+            return f"{item.type},{value}\t{' '.join(item.help.split())}"
+        return f"{item.type},{value}"
+
+
 add_completion_class(BashComplete)
 add_completion_class(ZshComplete)
+add_completion_class(FishComplete)
 
 
 def source(shell: str, prog_name: str = "epcat") -> str:

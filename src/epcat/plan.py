@@ -195,6 +195,15 @@ def make_plan(
     if plan is not None:
         from epcat.endpoints import endpoint_type
 
+        stdio_clients = [d for d in plan.connect if endpoint_type(d) == "stdio"]
+        if stdio_clients and plan.mode != RELAY:
+            raise UsageError(
+                "connect stdio: joins stdin/stdout to an accepted connection: use it after "
+                "'listen SERVER' (alone, 'connect CLIENT' already uses stdin/stdout)"
+            )
+        if stdio_clients:
+            # 'listen X connect stdio:' reads the same as 'listen X'
+            plan = dataclasses.replace(plan, mode=LISTEN, connect=(), connect_options=())
         if plan.listen_options.proxy_trusted and (
             plan.listen is None or endpoint_type(plan.listen) != "haproxy"
         ):

@@ -578,7 +578,7 @@ class _ExecProcessProtocol(ProcessProtocol):
 
 
 @implementer(IStreamClientEndpoint)
-@attr.s(frozen=True, auto_attribs=True)
+@attr.s(frozen=True, auto_attribs=True, eq=False)
 class ExecEndpoint:
     """
     A client endpoint whose connections are child processes: each L{connect}

@@ -311,6 +311,10 @@ class Reporter:
             return
         sent = pair.inbound.bytes_received
         received = pair.outbound.bytes_received
+        child_exit = getattr(pair.outbound.transport, "exit", None)
+        if child_exit is not None:
+            self.ui.info("exit", f"[{pair.conn_id}] {pair.outbound_description}: {child_exit}",
+                         conn=pair.conn_id, child_exit=str(child_exit))
         if pair.close_reason:
             ending = f"closed by epcat: {pair.close_reason}"
         elif pair.first_closer:

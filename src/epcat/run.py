@@ -671,8 +671,12 @@ class Runner:
         inbound side the outbound connection waits for the handshake.
         """
         options = self.plan.options_for(1 if self.plan.mode == modes.TUNNEL else 0)
+        needs_session = options.proxy_header == "v2" or (
+            # an exec: child is told the TLS peer's certificate subject
+            bool(self.plan.connect) and endpoint_type(self.plan.connect[-1]) == "exec"
+        )
         return (
-            options.proxy_header == "v2"
+            needs_session
             and pair.inbound.half_close == HALF_CLOSE_TLS
             and not pair.stdio_inbound
         )
@@ -696,6 +700,12 @@ class Runner:
         then: Callable[[], None] | None = None,
     ) -> None:
         self.reporter.connecting(pair, description)
+        if hasattr(client, "with_environment"):
+            # exec: children learn who the peer is, as socat and ncat tell theirs
+            from epcat.plugins import environment_for
+
+            inbound = None if pair.stdio_inbound else pair.inbound.transport
+            client = client.with_environment(environment_for(inbound, pair.conn_id))
         if options.proxy_header is not None:
             from epcat.proxyproto import encode_header
 
