@@ -161,6 +161,8 @@ class StdioHub(Protocol):
         hub = self
 
         class LegFactory(Factory):
+            noisy = False
+
             def buildProtocol(self, addr: Any) -> Leg:
                 return Leg(hub)
 

@@ -629,6 +629,9 @@ class SideFactory(Factory):
     C{endpoint.connect()} needs for the outbound side of a L{Pair}.
     """
 
+    #: no "Starting factory" log line for every connection
+    noisy = False
+
     def __init__(self, side: RelaySide) -> None:
         self.side = side
 

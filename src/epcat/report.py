@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectingCancelledError, ConnectionLost
+from twisted.internet.error import ConnectingCancelledError, ConnectionDone, ConnectionLost
 
 from epcat.endpoints import HALF_CLOSE_TLS
 from epcat.relay import Pair, RelaySide
@@ -32,6 +32,10 @@ def pair_failure(pair: Pair) -> tuple[ExitStatus, str, RelaySide] | None:
         reason = side.lost_reason
         if reason is None or side.connected_at is None:
             continue
+        if reason.type is ConnectionDone and (
+            side.half_close != HALF_CLOSE_TLS or side.handshake_done
+        ):
+            continue  # the common case, cheaply
         if side.half_close == HALF_CLOSE_TLS and not side.handshake_done:
             status, text = classify(reason)
             if status in (ExitStatus.OK, ExitStatus.FAILURE):

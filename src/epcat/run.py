@@ -112,6 +112,19 @@ class AccessList:
         return None
 
 
+def _terminates_tls(description: str | None) -> bool:
+    """
+    Does this server description terminate TLS (so Twisted's ALPN fix is
+    needed)?  C{tlsx:} installs the fix itself.
+    """
+    if description is None:
+        return False
+    kind = endpoint_type(description)
+    if kind == "haproxy":
+        return _terminates_tls(inner_description(description))
+    return kind in ("ssl", "tls")
+
+
 def raise_fd_limit() -> int | None:
     """
     Raise the soft RLIMIT_NOFILE to the hard limit, so that one process can
@@ -211,10 +224,12 @@ class Runner:
             runs until a signal stops the reactor); errbacks with
             L{EpcatError} or L{epcat.status.UsageError}.
         """
-        from epcat import tlsfix
-
-        tlsfix.install()
         plan = self.plan
+        if _terminates_tls(plan.listen):
+            # (only then: it loads pyOpenSSL, a few MiB per process)
+            from epcat import tlsfix
+
+            tlsfix.install()
         limit = raise_fd_limit()
         if limit is not None:
             self.ui.info("fd-limit", f"file descriptor limit: {limit}", fd_limit=limit)
@@ -299,6 +314,8 @@ class Runner:
         runner = self
 
         class InboundFactory(Factory):
+            noisy = False
+
             def buildProtocol(self, addr: Any) -> RelaySide | None:
                 return runner._accept(addr, client, done)
 
@@ -570,6 +587,8 @@ class Runner:
             runner._watch(service, a, options_a, done)
 
         class LegFactory(Factory):
+            noisy = False
+
             def buildProtocol(self, addr: Any) -> RelaySide:
                 pair = runner._new_pair(half_close_mode(a), half_close_mode(b))
                 pair.inbound_description = a

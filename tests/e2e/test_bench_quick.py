@@ -1,0 +1,134 @@
+"""
+The benchmark script cannot rot: run C{benchmarks/bench.py --quick} against
+epcat, socat and the direct baseline and check that its table comes out with
+every row and a figure in every cell that applies.  No timing assertions: the
+figures themselves are whatever this machine gives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import require
+
+pytestmark = pytest.mark.e2e
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+
+#: Row label prefixes, and whether the direct baseline has a figure there.
+ROWS = {
+    "bulk TCP→TCP, iperf3 -t 1, forward": True,
+    "bulk TCP→TCP, iperf3 -t 1, reverse (-R)": True,
+    "bulk UNIX→TCP": True,
+    "new connections/s, ab HTTP/1.0 -c 1,": True,
+    "new connections/s, ab HTTP/1.0 -c 32,": True,
+    "kept-alive request, ab -k -c 1": True,
+    "… added vs direct": True,
+    "Pss per idle relayed connection (200 open)": False,
+    "relay Pss before those connections": False,
+    "start-up: --version / -V / -v": False,
+    "start-up: spawn to listening": False,
+}
+
+NUMBER = re.compile(r"^-?[\d.]+k?( \(\d+\.\d\d×\))?$")
+
+
+def run_bench(args: list[str], timeout: float, tmpdir: Path) -> tuple[int, str, str]:
+    """
+    Run the script with its temporary files under C{tmpdir}; on a timeout,
+    SIGINT it first so that it stops the relays, iperf3 and nginx it started,
+    and only then kill it.
+    """
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "TMPDIR": str(tmpdir)}
+    popen = subprocess.Popen([sys.executable, str(BENCH), *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    try:
+        out, err = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        popen.send_signal(signal.SIGINT)
+        try:
+            out, err = popen.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            out, err = popen.communicate()
+        pytest.fail(f"bench.py --quick took over {timeout:.0f} s:\n"
+                    f"{err.decode('utf-8', 'replace')}")
+    return popen.returncode, out.decode("utf-8"), err.decode("utf-8", "replace")
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_prints_the_table(tmp_path: Path) -> None:
+    for tool in ("iperf3", "ab", "socat", "nginx"):
+        require(tool)
+    args = ["--quick", "--candidates", "epcat,socat,direct"]
+    chart = None
+    if importlib.util.find_spec("matplotlib") is not None:  # the [bench] extra
+        chart = tmp_path / "bench.png"
+        args += ["--chart", str(chart)]
+    # a short directory: UNIX socket paths in it must stay under 108 bytes
+    tmpdir = Path(tempfile.mkdtemp(prefix="eb-"))
+    try:
+        code, out, err = run_bench(args, timeout=165, tmpdir=tmpdir)
+        leftovers = processes_mentioning(str(tmpdir))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+
+    lines = out.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith("| figure |")), None)
+    assert header is not None, out
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    assert columns == ["figure", "epcat", "socat (default)", "direct (no relay)"], columns
+    body = []
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        body.append([c.strip() for c in line.strip("|").split("|")])
+
+    for prefix, has_direct in ROWS.items():
+        row = next((r for r in body if r[0].startswith(prefix)), None)
+        assert row is not None, f"no row {prefix!r} in:\n{out}"
+        epcat, socat, direct = row[1:]
+        assert NUMBER.match(epcat), (prefix, row)
+        assert NUMBER.match(socat), (prefix, row)
+        if prefix != "… added vs direct":
+            assert socat.endswith("(1.00×)"), (prefix, row)
+        if has_direct:
+            assert NUMBER.match(direct), (prefix, row)
+        else:
+            assert direct == "", (prefix, row)
+    assert "python -c pass" in out
+    assert "Failed measurements" not in out
+
+    if chart is not None:
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # every process it started is gone (nginx, the sink and haproxy name
+    # files in its temporary directory on their command lines)
+    assert "bench: could not stop" not in err
+    assert not leftovers, leftovers
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry}: {cmdline}")
+    return found
