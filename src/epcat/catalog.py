@@ -58,9 +58,10 @@ _KNOWN: dict[tuple[str, str], tuple[str, str, list[str]]] = {
         ["ssl:8443:privateKey=key.pem:certKey=cert.pem"],
     ),
     ("server", "tls"): (
-        "[PORT] [privateKey=PEM] [certKey=PEM] [interface=IP] [backlog=N]",
-        "TLS over TCP (Twisted's newer tls: server)",
-        ["tls:8443:privateKey=key.pem:certKey=cert.pem"],
+        "DIRECTORY [port=N] [backlog=N] [interface=IP6]",
+        "TLS over TCP6 with a certificate per SNI name: DIRECTORY holds NAME.pem files "
+        "(key and chain), reloaded as they change (Twisted's newer tls: server)",
+        ["tls:/etc/epcat/certs:port=8443"],
     ),
     ("server", "systemd"): (
         "domain=INET|INET6|UNIX (index=N | name=FDNAME)",
@@ -79,7 +80,7 @@ _KNOWN: dict[tuple[str, str], tuple[str, str, list[str]]] = {
         ["tcp:example.com:80", "tcp:host=127.0.0.1:port=80:timeout=5"],
     ),
     ("client", "unix"): (
-        "PATH [timeout=S] [checkPID=0|1]",
+        "PATH [timeout=S] [lockfile=0|1]",
         "UNIX stream socket",
         ["unix:/tmp/app.sock"],
     ),

@@ -17,7 +17,12 @@ from collections.abc import Sequence
 import click
 
 from epcat import __version__
-from epcat.completion import complete_client, complete_server
+from epcat.completion import (
+    complete_client,
+    complete_description,
+    complete_server,
+    complete_type_name,
+)
 from epcat.status import EpcatError, ExitStatus, UsageError
 
 EPILOG = """\b
@@ -174,6 +179,8 @@ def cli(
 
 def _networks(option: str) -> Any:
     def check(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> tuple:
+        if not values:
+            return ()
         from epcat.plan import check_network
 
         try:
@@ -373,7 +380,7 @@ def connect(
 
 
 @cli.command()
-@click.argument("type_name", metavar="[TYPE]", required=False)
+@click.argument("type_name", metavar="[TYPE]", required=False, shell_complete=complete_type_name)
 def endpoints(type_name: str | None) -> tuple[str, str | None]:
     """List the endpoint types this installation knows.
 
@@ -385,7 +392,7 @@ def endpoints(type_name: str | None) -> tuple[str, str | None]:
 
 
 @cli.command()
-@click.argument("description", metavar="DESCRIPTION")
+@click.argument("description", metavar="DESCRIPTION", shell_complete=complete_description)
 def explain(description: str) -> tuple[str, str]:
     """Explain an endpoint description without listening or connecting.
 

@@ -53,7 +53,7 @@ def _parser_for(role: str, prefix: str) -> Any:
         if plugin_prefix.lower() == prefix:
             # Twisted's own plugins forward *args to a function whose
             # signature names the arguments
-            for inner in ("_parseServer", "_parseClient"):
+            for inner in ("_parseServer", "_parseClient", "_actualParseStreamServer"):
                 if hasattr(plugin, inner):
                     return getattr(plugin, inner)
             if prefix == "tls" and role == "client":
