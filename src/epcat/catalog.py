@@ -89,6 +89,39 @@ _KNOWN: dict[tuple[str, str], tuple[str, str, list[str]]] = {
         "TLS over TCP, legacy: verifies the chain only with caCertsDir, never the host name",
         ["ssl:example.com:443:caCertsDir=/etc/ssl/certs"],
     ),
+    ("client", "tlsx"): (
+        "HOST PORT [sni=NAME] [alpn=P1,P2] [verify=yes|no] [minVersion=V] [maxVersion=V] "
+        "[trustRoots=DIR|PEM] [certificate=PEM] [privateKey=PEM] [timeout=S] "
+        "[bindAddress=IP] [endpoint=DESCRIPTION]",
+        "epcat's TLS client: tls: plus SNI, ALPN, verify=no and TLS versions",
+        [
+            "tlsx:example.com:443:alpn=h2,http/1.1",
+            "tlsx:127.0.0.1:8443:sni=www.example.com:trustRoots=ca.pem",
+            "tlsx:localhost:8443:verify=no",
+        ],
+    ),
+    ("server", "tlsx"): (
+        "PORT [privateKey=PEM] [certKey=PEM] [extraCertChain=PEM] [alpn=P1,P2] "
+        "[requireClientCert=yes|no] [clientCA=PEM|DIR] [minVersion=V] [maxVersion=V] "
+        "[sslmethod=M] [dhParameters=PEM] [interface=IP] [backlog=N]",
+        "epcat's TLS server: ssl: plus ALPN, mutual TLS and TLS versions",
+        ["tlsx:8443:privateKey=key.pem:certKey=cert.pem:requireClientCert=yes:clientCA=ca.pem"],
+    ),
+    ("client", "exec"): (
+        "COMMAND (split as a POSIX shell would; escape colons as \\:)",
+        "a child process per connection: its stdin/stdout are the stream",
+        ["exec:cat", "'exec:ssh -W localhost\\:22 jumphost'"],
+    ),
+    ("client", "hostname"): (
+        "HOST PORT [timeout=S] [bindAddress=IP]",
+        "TCP to both address families, whichever answers first (happy eyeballs)",
+        ["hostname:localhost:8080"],
+    ),
+    ("client", "stdio"): (
+        "",
+        "stdin and stdout ('listen X connect stdio:' is 'listen X')",
+        ["stdio:"],
+    ),
     ("client", "tls"): (
         "HOST PORT [trustRoots=DIR] [certificate=PEM] [privateKey=PEM] [timeout=S] "
         "[bindAddress=IP] [endpoint=DESCRIPTION]",
@@ -196,8 +229,7 @@ def show_endpoints(type_name: str | None, out: IO[str]) -> None:
         for t in types:
             out.write(f"{t.prefix}: ({t.role}) {t.summary}\n")
             out.write(f"  provided by: {t.module}\n")
-            synopsis = t.arguments.replace(" ", ":") if t.arguments else ""
-            out.write(f"  arguments:   {t.prefix}:{synopsis}\n")
+            out.write(f"  arguments:   {t.prefix}: {t.arguments or '(none)'}\n")
             out.write(f"  half-close:  {_half_close_words(t.prefix)}\n")
             for example in t.examples:
                 out.write(f"  example:     {example}\n")
