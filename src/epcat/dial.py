@@ -137,4 +137,10 @@ class Dial:
             self._delayed.cancel()
         self._delayed = None
         if self._current is not None:
-            self._current.cancel()
+            try:
+                self._current.cancel()
+            except Exception:
+                # (Twisted's connector raises NotConnectingError when the
+                # connection was made a moment ago; it is then closed by
+                # whoever cancelled)
+                pass

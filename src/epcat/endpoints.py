@@ -119,7 +119,10 @@ def _parse(parser: Any, reactor: Any, description: str, kind: str) -> Any:
     except UsageError:
         raise
     except Exception as e:
-        raise UsageError(explain_parse_error(description, kind, e)) from None
+        message = explain_parse_error(description, kind, e)
+        if not message.isprintable():
+            message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        raise UsageError(message) from None
 
 
 _FUNC_PREFIX = re.compile(r"^[\w.]+\(\) ")
@@ -147,6 +150,7 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
     @param error: what the parser raised.
     """
     quoted = f"bad {kind} endpoint description {description!r}"
+    # (the rest quotes pieces of the description: keep them on one line)
     etype = endpoint_type(description)
     text = str(error)
     if isinstance(error, ValueError) and text.startswith("Unknown endpoint type"):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
@@ -65,6 +65,49 @@ def tls_shutdown_write(transport: Any) -> bool:
     except Exception:
         return False
     return True
+
+
+def producer_of(transport: Any) -> Any:
+    """
+    What to register as the streaming producer for C{transport}'s bytes:
+    the transport itself when it can be paused, else the transport it wraps
+    (some plugin transports, e.g. autobahn's WebSocket wrapper, are no
+    C{IPushProducer} themselves), else a stand-in that cannot pause.
+    """
+    for candidate in (transport, getattr(transport, "transport", None)):
+        if candidate is not None and all(
+            hasattr(candidate, m) for m in ("pauseProducing", "resumeProducing", "stopProducing")
+        ):
+            return candidate
+    return _Unpausable(transport)
+
+
+@implementer(IPushProducer)
+class _Unpausable:
+    """
+    A producer for a transport that cannot be paused: backpressure cannot
+    reach it; stopping it closes it.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self._transport.loseConnection()
+
+
+def _abort(transport: Any) -> None:
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
 
 
 def release_stdout() -> None:
@@ -325,7 +368,7 @@ class RelaySide(Protocol):
     def _abort_after_grace(self) -> None:
         self._close_timer = None
         if not self.lost and self.transport is not None:
-            self.transport.abortConnection()
+            _abort(self.transport)
 
     def _cancel_close_timer(self) -> None:
         if self._close_timer is not None and self._close_timer.active():
@@ -340,7 +383,7 @@ class RelaySide(Protocol):
             return
         self.write_ended = True
         self.transport.unregisterProducer()
-        self.transport.abortConnection()
+        _abort(self.transport)
 
 
 class Pair:
@@ -464,9 +507,7 @@ class Pair:
             return
         if self.preamble is not None and not b.lost:
             b.transport.write(self.preamble())
-        if not a.lost and not b.lost:
-            a.transport.registerProducer(b.transport, True)
-            b.transport.registerProducer(a.transport, True)
+        self._relay_in_userspace()
         for side in (a, b):
             side._release_held()
         for side in (a, b):
@@ -475,6 +516,23 @@ class Pair:
         for side in (a, b):
             if side.lost:
                 self._side_lost(side)
+
+    def _relay_in_userspace(self, resume: bool = False) -> None:
+        """
+        The normal path: each transport a streaming producer for the other.
+
+        @param resume: the transports were stopped (by the splice engine,
+            which could not go on) and must read again.
+        """
+        a, b = self.inbound, self.outbound
+        if a.lost or b.lost:
+            return
+        a.transport.registerProducer(producer_of(b.transport), True)
+        b.transport.registerProducer(producer_of(a.transport), True)
+        if resume:
+            for side in (a, b):
+                if not side.read_ended:
+                    side.transport.startReading()
 
     def _splice_ok(self) -> bool:
         if not self.fast_path:

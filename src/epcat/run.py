@@ -243,6 +243,14 @@ class Runner:
         # anything listens or connects.
         server = self._parse_listen(plan.listen) if plan.listen else None
         clients = [parse_client(self.reactor, self._own_tls(d, "client")) for d in plan.connect]
+        for description in plan.connect:
+            if endpoint_type(description) == "ssl":
+                self.ui.warning(
+                    f"{description}: Twisted's legacy ssl: client never checks the server's "
+                    "host name, nor its certificate without caCertsDir=; "
+                    "use tls: or tlsx: to verify it",
+                    event="unverified",
+                )
         try:
             self.tap = Tap.from_options(plan.hexdump, plan.dump, plan.pcap)
         except OSError as e:
@@ -835,10 +843,15 @@ class Runner:
             try:
                 signal.signal(signal.SIGINT, self._on_stop_signal)
                 signal.signal(signal.SIGTERM, self._on_stop_signal)
-                signal.signal(signal.SIGUSR1, self._on_table_signal)
             except ValueError:
                 pass  # not the main thread (tests)
 
+        try:
+            # the reactor installs no SIGUSR1 handler: ours can go in now,
+            # before anything is printed
+            signal.signal(signal.SIGUSR1, self._on_table_signal)
+        except ValueError:
+            pass
         if getattr(reactor, "running", False):
             install()
         else:
@@ -875,8 +888,12 @@ class Runner:
         """
         self._stopping = True
         self.reporter.stopping = True
-        self._stop_listening()
-        waits: list[defer.Deferred[Any]] = []
+        # (wait for the ports to close: a UNIX port removes its socket file
+        # and lock only then)
+        waits: list[defer.Deferred[Any]] = [
+            defer.maybeDeferred(port.stopListening) for port in self.ports
+        ]
+        self.ports = []
         for service in self.services:
             waits.append(defer.maybeDeferred(service.stopService))
         self.services = []

@@ -194,7 +194,7 @@ class SpliceEngine:
     def _readable(self, end: _End) -> None:
         for direction in self.directions:
             if direction.source is end:
-                self._pump(direction)
+                self._pump(direction, readable=True)
 
     def _writable(self, end: _End) -> None:
         for direction in self.directions:
@@ -203,11 +203,13 @@ class SpliceEngine:
 
     # the pump
 
-    def _pump(self, d: _Direction) -> None:
+    def _pump(self, d: _Direction, readable: bool = False) -> None:
         if self.stopped or d.done:
             return
+        failed_end = d.sink
         try:
             for _ in range(ROUNDS):
+                failed_end = d.sink
                 if d.pending:
                     sent = d.sink.transport.socket.send(d.pending)
                     d.pending = d.pending[sent:]
@@ -221,8 +223,18 @@ class SpliceEngine:
                 if d.eof:
                     self._direction_ended(d)
                     return
+                failed_end = d.source
                 if d.pipe is None:
-                    d.pipe = _make_pipe()
+                    if not readable:
+                        # no pipe until there is something to move: an idle
+                        # pair costs no descriptors beyond its two sockets
+                        raise BlockingIOError(errno.EAGAIN, "not readable yet")
+                    try:
+                        d.pipe = _make_pipe()
+                    except OSError:
+                        # out of descriptors (EMFILE): go on without splice
+                        self._fall_back()
+                        return
                 moved = os.splice(d.source.fd, d.pipe[1], PIPE_SIZE, flags=_FLAGS)
                 if moved == 0:
                     d.eof = True
@@ -237,8 +249,23 @@ class SpliceEngine:
             blocked_on_write = bool(d.in_pipe or d.pending)
             self._interest(d, read=not blocked_on_write, write=blocked_on_write)
         except OSError as e:
-            self._failed(d.sink if e.errno in (errno.EPIPE, errno.ECONNRESET) else d.source,
-                         Failure(e))
+            # (a failed read is the source's fault, a failed write the sink's)
+            self._failed(failed_end, Failure(e))
+
+    def _fall_back(self) -> None:
+        """
+        No pipe can be made: hand the pair back to the normal path, as long
+        as nothing is held in a pipe or a buffer of the engine's.
+        """
+        if any(d.in_pipe or d.pending for d in self.directions):
+            self._failed(self._ends[0], Failure(OSError(errno.EMFILE, "no pipe for splice")))
+            return
+        eof = [d.eof and not d.done for d in self.directions]
+        self.stop()
+        self.pair._relay_in_userspace(resume=True)
+        for d, ended in zip(self.directions, eof, strict=True):
+            if ended:
+                d.source.side.readConnectionLost()
 
     def _interest(self, d: _Direction, read: bool, write: bool) -> None:
         # (each socket is the source of one direction and the sink of the

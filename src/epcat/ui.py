@@ -76,7 +76,7 @@ class UI:
             self._write(json.dumps(record, default=str) + "\n")
             return
         prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
-        line = f"epcat: {prefix}{message}"
+        line = f"epcat: {prefix}{_printable(message)}"
         if self._is_terminal():
             self._rich(line, _STYLES[level])
         else:
@@ -124,6 +124,17 @@ class UI:
             self._console.print(line, style=style or None, markup=False)
         except (OSError, ValueError):
             pass
+
+
+def _printable(text: str) -> str:
+    """
+    Escape control characters (text from the command line or the network
+    must not move the cursor or clear the screen); newlines too, except
+    those that separate lines epcat wrote itself (a traceback at -vv).
+    """
+    if text.isprintable() or all(c.isprintable() or c == "\n" for c in text):
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
 
 
 def format_address(address: object) -> str:

@@ -103,6 +103,11 @@ def count(reduced: int, full: int) -> int:
     return full if FULL else reduced
 
 
+def full_counts() -> bool:
+    """Are the issue's full counts in force (--stress-full, EPCAT_STRESS_FULL=1)?"""
+    return FULL
+
+
 def figure(test: str, **values: Any) -> None:
     """
     Print one line of measured figures (shown by C{pytest -s}) and keep it
@@ -130,13 +135,24 @@ def raise_nofile() -> int:
     return hard
 
 
-def nofile_limit(limit: int) -> Callable[[], None]:
-    """A C{preexec_fn} that sets the child's RLIMIT_NOFILE to C{limit} (soft and hard)."""
+#: Runs epcat with RLIMIT_NOFILE set to argv[1] (soft and hard) first: a
+#: wrapper, since a preexec_fn is not safe in a process with threads.
+NOFILE_WRAPPER = (
+    "import resource, runpy, sys\n"
+    "n = int(sys.argv.pop(1))\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))\n"
+    "runpy.run_module('epcat', run_name='__main__', alter_sys=True)\n"
+)
 
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-    return apply
+def epcat_with_nofile(spawn: Callable[..., Proc], limit: int) -> Callable[..., Proc]:
+    """Like the C{epcat_proc} fixture, for an epcat whose RLIMIT_NOFILE is C{limit}."""
+
+    def start(*args: str, **kwargs: Any) -> Proc:
+        argv = [sys.executable, "-c", NOFILE_WRAPPER, str(limit), *(str(a) for a in args)]
+        return spawn(argv, name="epcat", **kwargs)
+
+    return start
 
 
 # -- what /proc says about a process
