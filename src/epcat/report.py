@@ -311,7 +311,22 @@ class Reporter:
                 self.ui.info("failed", f"[{pair.conn_id}] {message}", conn=pair.conn_id)
             else:
                 self._failure(pair, status, message)
-        if not self.ui.enabled("info") or (pair.outbound_failure and not pair.joined):
+        if not self.ui.enabled("info"):
+            return
+        if pair.outbound_failure is not None and not pair.joined:
+            if pair.inbound.lost and pair.outbound_failure.check(
+                defer.CancelledError, ConnectingCancelledError
+            ):
+                self.ui.info(
+                    "closed",
+                    f"[{pair.conn_id}] closed: the client went away before "
+                    f"{pair.outbound_description} answered; "
+                    f"{pair.inbound.bytes_received} bytes from it, {pair.duration:.3f} s",
+                    conn=pair.conn_id,
+                    bytes_in_to_out=pair.inbound.bytes_received,
+                    bytes_out_to_in=0,
+                    duration=round(pair.duration, 6),
+                )
             return
         sent = pair.inbound.bytes_received
         received = pair.outbound.bytes_received

@@ -125,6 +125,39 @@ def _terminates_tls(description: str | None) -> bool:
     return kind in ("ssl", "tls")
 
 
+def _unix_listen_reason(description: str, reason: str) -> str:
+    """
+    A UNIX listener that could not bind: say so when the path is something
+    other than a socket (bind's EADDRINUSE reads as if a server held it), and
+    drop the lock file Twisted took for it (it does not when bind() fails).
+    """
+    import stat
+
+    if endpoint_type(description) == "haproxy":
+        description = inner_description(description)
+    if endpoint_type(description) != "unix":
+        return reason
+    from epcat.explain import arguments
+
+    values = {name: value for name, value, _ in arguments("server", description)}
+    path = values.get("address")
+    if not path:
+        return reason
+    lock = f"{path}.lock"
+    try:
+        if os.path.islink(lock) and os.readlink(lock) == str(os.getpid()):
+            os.unlink(lock)
+    except OSError:
+        pass
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return reason
+    if not stat.S_ISSOCK(mode):
+        return f"{path} exists and is not a socket; epcat does not replace it"
+    return reason
+
+
 def raise_fd_limit() -> int | None:
     """
     Raise the soft RLIMIT_NOFILE to the hard limit, so that one process can
@@ -331,6 +364,7 @@ class Runner:
             port = yield server.listen(InboundFactory())
         except Exception as e:
             _, reason = classify(Failure(e))
+            reason = _unix_listen_reason(plan.listen or "", reason)
             raise EpcatError(
                 ExitStatus.FAILURE, f"cannot listen on {plan.listen}: {reason}"
             ) from None

@@ -422,13 +422,6 @@ def test_reset_is_blamed_on_the_side_that_reset(epcat_proc, backend, splice, who
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a pair whose client goes away while the outbound connection is still being "
-    "made ends without a word at -v: the attempt is cancelled, Reporter._on_failed drops "
-    "the cancellation ('we stopped it ourselves') and Reporter._on_closed returns early "
-    "for 'outbound_failure and not joined', so the log shows '[N] accepted', '[N] "
-    "connecting to ...' and nothing more (the totals do count it as closed)"
-))
 def test_client_gone_before_outbound_connects_is_logged(epcat_proc):
     """
     A client that resets while epcat is still connecting out: the attempt is

@@ -758,12 +758,6 @@ def test_unix_refuses_to_replace_a_regular_file(short_dir, stale_lock):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: 'epcat listen unix:PATH' on an existing regular file says 'cannot listen on "
-    "unix:PATH: address already in use' (bind's EADDRINUSE), which reads as if another "
-    "server held the path; and it leaves a PATH.lock symlink to its own dead PID behind "
-    "(Twisted takes the lock before bind() and does not release it when bind() fails)"
-))
 def test_unix_regular_file_error_is_clear_and_clean(short_dir):
     """The error for a regular file says it is not a socket, and nothing is left behind."""
     path = short_dir / "precious"
