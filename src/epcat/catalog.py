@@ -86,7 +86,8 @@ _KNOWN: dict[tuple[str, str], tuple[str, str, list[str]]] = {
     ),
     ("client", "ssl"): (
         "HOST PORT [certKey=PEM] [privateKey=PEM] [caCertsDir=DIR] [timeout=S] [bindAddress=IP]",
-        "TLS over TCP, legacy: verifies the chain only with caCertsDir, never the host name",
+        "TLS over TCP, Twisted's legacy client; epcat builds it as tlsx: so that the "
+        "certificate and host name are verified (caCertsDir= names the CAs)",
         ["ssl:example.com:443:caCertsDir=/etc/ssl/certs"],
     ),
     ("client", "tlsx"): (

@@ -112,6 +112,54 @@ class AccessList:
         return None
 
 
+#: Twisted's legacy ssl: client arguments -> tlsx: client arguments
+_SSL_CLIENT_ARGUMENTS = {
+    "host": "host",
+    "port": "port",
+    "caCertsDir": "trustRoots",
+    "certKey": "certificate",
+    "privateKey": "privateKey",
+    "timeout": "timeout",
+    "bindAddress": "bindAddress",
+}
+
+
+def verified_ssl_client(description: str) -> str:
+    """
+    Twisted's legacy C{ssl:} client verifies nothing without C{caCertsDir=},
+    and never the host name.  epcat verifies TLS by default everywhere, so it
+    builds C{ssl:} clients as C{tlsx:} ones: the same arguments
+    (C{caCertsDir=} becomes C{trustRoots=}, C{certKey=} C{certificate=}),
+    with the certificate and host name checked (the system trust store
+    without C{caCertsDir=}).  C{tlsx:...:verify=no} is the way to skip it.
+
+    @return: the C{tlsx:} description, or C{description} unchanged when it
+        uses an argument C{tlsx:} does not take (Twisted's parser then
+        reports it).
+    """
+    from twisted.internet.endpoints import _parse
+
+    try:
+        args, kwargs = _parse(description)
+    except Exception:
+        return description
+    names = ["host", "port"]
+    values: dict[str, str] = dict(zip(names, args[1:3], strict=False))
+    if len(args) > 3:
+        return description
+    for key, value in kwargs.items():
+        values[key] = value
+    if not set(values) <= set(_SSL_CLIENT_ARGUMENTS) or "host" not in values:
+        return description
+
+    def escape(value: str) -> str:
+        return str(value).replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+    parts = ["tlsx", escape(values.pop("host")), escape(values.pop("port", ""))]
+    parts += [f"{_SSL_CLIENT_ARGUMENTS[k]}={escape(v)}" for k, v in values.items()]
+    return ":".join(parts)
+
+
 def _terminates_tls(description: str | None) -> bool:
     """
     Does this server description terminate TLS (so Twisted's ALPN fix is
@@ -276,14 +324,6 @@ class Runner:
         # anything listens or connects.
         server = self._parse_listen(plan.listen) if plan.listen else None
         clients = [parse_client(self.reactor, self._own_tls(d, "client")) for d in plan.connect]
-        for description in plan.connect:
-            if endpoint_type(description) == "ssl":
-                self.ui.warning(
-                    f"{description}: Twisted's legacy ssl: client never checks the server's "
-                    "host name, nor its certificate without caCertsDir=; "
-                    "use tls: or tlsx: to verify it",
-                    event="unverified",
-                )
         try:
             self.tap = Tap.from_options(plan.hexdump, plan.dump, plan.pcap)
         except OSError as e:
@@ -313,6 +353,8 @@ class Runner:
         context be changed only before its first connection, and Twisted's
         types keep theirs private).
         """
+        if kind == "client" and endpoint_type(description) == "ssl":
+            return verified_ssl_client(description)
         if self.keylog is None:
             return description
         kind_prefix = {"client": "tls", "server": "ssl"}[kind]

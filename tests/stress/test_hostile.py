@@ -660,13 +660,7 @@ def tls_echo(tls_files):
 @pytest.mark.parametrize("kind", [
     "tls",
     "tlsx",
-    pytest.param("ssl", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: 'epcat connect ssl:HOST:PORT' (Twisted's legacy ssl: client, which verifies "
-        "only when given caCertsDir=) talks to a server whose certificate no trusted CA "
-        "signed, exits 0, and says nothing: verification is off by default there and, "
-        "unlike tlsx:...:verify=no, no warning is printed (issue 8: 'verification is on "
-        "by default everywhere; verify=no warns')"
-    ))),
+    "ssl",
 ])
 def test_tls_client_verifies_by_default(tls_echo, kind):
     """
