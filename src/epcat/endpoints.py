@@ -233,3 +233,23 @@ def client_types() -> set[str]:
     return {k.lower() for k in endpoints._clientParsers} | _plugin_prefixes(
         IStreamClientEndpointStringParserWithReactor
     )
+
+
+def ip_of(address: Any) -> Any:
+    """
+    The IP address of a Twisted address (an C{ipaddress} object, an
+    IPv4-mapped IPv6 address as IPv4, any scope id dropped), or L{None} for a
+    UNIX, stdio or otherwise non-IP address.
+    """
+    import ipaddress
+
+    host = getattr(address, "host", None)
+    if host is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

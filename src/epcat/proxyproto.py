@@ -32,6 +32,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from epcat.endpoints import ip_of
+
 #: proxy-protocol.txt section 2.2: the 12-byte v2 signature.
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 #: section 2.1: a v1 header starts with "PROXY" and a space.
@@ -260,7 +262,7 @@ class ProxyHeaderFactory(WrappingFactory):
         """
         if not self.trusted:
             return True
-        ip = _ip_of(address)
+        ip = ip_of(address)
         return ip is not None and any(ip.version == n.version and ip in n for n in self.trusted)
 
     def rejected(self, wrapper: ProxyHeaderWrapper, reason: str) -> None:
@@ -325,19 +327,6 @@ def parse_v1(line: bytes) -> Any:
         if not field.isdigit() or int(field) > 65535 or (len(field) > 1 and field[:1] == b"0"):
             raise InvalidProxyHeader(f"v1 port {field!r} is not 0-65535")
     return V1Parser.parse(line + b"\r\n")
-
-
-def _ip_of(address: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    host = getattr(address, "host", None)
-    if host is None:
-        return None
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 # -- sending
@@ -412,7 +401,7 @@ def encode_header(version: str, transport: Any, conn_id: int | None = None) -> b
 
     source = transport.getPeer() if transport is not None else None
     destination = transport.getHost() if transport is not None else None
-    source_ip, destination_ip = _ip_of(source), _ip_of(destination)
+    source_ip, destination_ip = ip_of(source), ip_of(destination)
     same_family = (
         source_ip is not None
         and destination_ip is not None

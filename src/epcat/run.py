@@ -31,6 +31,7 @@ from epcat.endpoints import (
     endpoint_type,
     half_close_mode,
     inner_description,
+    ip_of,
     parse_client,
     parse_server,
 )
@@ -93,15 +94,9 @@ class AccessList:
         Why a peer at C{address} is refused, or L{None} if it is served.
         Only IP peers are checked; UNIX-socket and stdio peers pass.
         """
-        host = getattr(address, "host", None)
-        if host is None:
+        ip = ip_of(address)
+        if ip is None:
             return None
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         for network in self.deny:
             if ip.version == network.version and ip in network:
                 return f"denied by --deny {network}"
