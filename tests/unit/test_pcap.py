@@ -250,7 +250,7 @@ def test_ipv6_and_mixed_families(tmp_path: Path) -> None:
     [
         (None, None),
         ("/run/epcat.sock", ("stdio", 0)),
-        (("not an address", 1), ("10.0.0.1", 99999)),
+        (("not an address", 1), ("192.0.2.1", 99999)),
     ],
 )
 def test_placeholders_for_non_ip_ends(tmp_path: Path, client: object, server: object) -> None:
@@ -299,8 +299,8 @@ def test_large_ipv6_segment_fits(tmp_path: Path) -> None:
 def test_interleaved_streams_and_half_close(tmp_path: Path) -> None:
     path = tmp_path / "many.pcap"
     w = PcapWriter(path)
-    w.open_stream(1, ("10.1.1.1", 1111), ("10.2.2.2", 80))
-    w.open_stream(2, ("10.1.1.1", 2222), ("10.2.2.2", 80))
+    w.open_stream(1, ("198.51.100.1", 1111), ("203.0.113.2", 80))
+    w.open_stream(2, ("198.51.100.1", 2222), ("203.0.113.2", 80))
     w.data(1, ">", b"one")
     w.data(2, ">", b"two")
     w.shutdown(2, ">")  # client 2 half-closes, server 2 keeps sending
@@ -313,8 +313,8 @@ def test_interleaved_streams_and_half_close(tmp_path: Path) -> None:
     w.close_all()
     w.close_all()
     streams = by_connection(read_pcap(path))
-    one = streams[frozenset({("10.1.1.1", 1111), ("10.2.2.2", 80)})]
-    two = streams[frozenset({("10.1.1.1", 2222), ("10.2.2.2", 80)})]
+    one = streams[frozenset({("198.51.100.1", 1111), ("203.0.113.2", 80)})]
+    two = streams[frozenset({("198.51.100.1", 2222), ("203.0.113.2", 80)})]
     assert check_stream(one) == {">": b"onemore", "<": b"1"}
     assert check_stream(two) == {">": b"two", "<": b"reply after half-close"}
     # the half-close: client FIN then server ACK, before the server's data
@@ -341,9 +341,9 @@ def test_data_for_unknown_connection_opens_it(tmp_path: Path) -> None:
 def test_reopening_closes_the_old_stream(tmp_path: Path) -> None:
     path = tmp_path / "reopen.pcap"
     w = PcapWriter(path)
-    w.open_stream(1, ("10.0.0.1", 1), ("10.0.0.2", 2))
+    w.open_stream(1, ("192.0.2.1", 1), ("192.0.2.2", 2))
     w.data(1, ">", b"a")
-    w.open_stream(1, ("10.0.0.1", 3), ("10.0.0.2", 2))
+    w.open_stream(1, ("192.0.2.1", 3), ("192.0.2.2", 2))
     w.data(1, ">", b"b")
     w.close_all()
     streams = by_connection(read_pcap(path))
@@ -354,7 +354,7 @@ def test_sequence_numbers_wrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(pcap, "CLIENT_ISN", 2**32 - 10)
     path = tmp_path / "wrap.pcap"
     w = PcapWriter(path)
-    w.open_stream(1, ("10.0.0.1", 1), ("10.0.0.2", 2))
+    w.open_stream(1, ("192.0.2.1", 1), ("192.0.2.2", 2))
     w.data(1, ">", b"0123456789abcdef")
     w.close_all()
     packets = read_pcap(path)
@@ -387,7 +387,7 @@ class FailingFile:
 def test_write_errors_are_kept_not_raised(tmp_path: Path) -> None:
     w = PcapWriter(tmp_path / "full.pcap")
     w._file = FailingFile()  # type: ignore[assignment]
-    w.open_stream(1, ("10.0.0.1", 1), ("10.0.0.2", 2))
+    w.open_stream(1, ("192.0.2.1", 1), ("192.0.2.2", 2))
     w.data(1, ">", b"lost")
     w.flush()
     w.close_all()
@@ -398,7 +398,7 @@ def test_write_errors_are_kept_not_raised(tmp_path: Path) -> None:
 def test_flush_makes_packets_readable_while_open(tmp_path: Path) -> None:
     path = tmp_path / "live.pcap"
     w = PcapWriter(path)
-    w.open_stream(1, ("10.0.0.1", 1), ("10.0.0.2", 2))
+    w.open_stream(1, ("192.0.2.1", 1), ("192.0.2.2", 2))
     w.data(1, ">", b"now")
     assert [p.payload for p in read_pcap(path) if p.payload] == [b"now"]
     w.close_all()
