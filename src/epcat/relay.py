@@ -13,11 +13,13 @@ side goes away, and unregistering producers before closing.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.stdio import StandardIO
@@ -225,6 +227,12 @@ class RelaySide(Protocol):
 
     def readConnectionLost(self) -> None:
         if self.read_ended:
+            return
+        error = pending_socket_error(self.transport)
+        if error:
+            # A reset that Twisted reported as a clean end of input.
+            self.connectionLost(Failure(ConnectionLost(os.strerror(error))))
+            self.transport.abortConnection()
             return
         self.read_ended = True
         self.pair._read_ended(self)
@@ -679,6 +687,33 @@ class Pair:
     def duration(self) -> float:
         """Seconds since the pair was created."""
         return self.reactor.seconds() - self.started_at
+
+
+def pending_socket_error(transport: Any) -> int:
+    """
+    The error pending on a transport's socket (C{SO_ERROR}), taking it.
+
+    Twisted's C{_PollLikeMixin._doReadOrWrite} reads C{EPOLLERR} or
+    C{EPOLLHUP} without C{EPOLLIN} on a descriptor it is reading as a clean
+    end of input (C{ConnectionDone}, C{readConnectionLost}).  Linux can wake
+    epoll for a TCP reset in exactly that state: C{tcp_done_with_error} sets
+    C{sk_err} and reports it before C{tcp_done} marks the receive side shut,
+    so a reset after the last byte has been read comes up as a FIN about one
+    time in twenty on loopback.  The pending C{ECONNRESET} is still there to
+    ask for.
+
+    @param transport: any transport; those without a C{socket} attribute
+        (stdio, processes, TLS over a wrapped transport) have no error to
+        report.
+    @return: an C{errno} value (C{ECONNRESET}), or 0.
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return 0
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    except OSError:
+        return 0
 
 
 class SideFactory(Factory):

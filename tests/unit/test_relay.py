@@ -5,6 +5,8 @@ transports, with no running reactor.
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Any
 
 import pytest
@@ -391,6 +393,47 @@ def test_read_connection_lost_twice_is_harmless() -> None:
     h.pair.inbound.readConnectionLost()
     h.pair.inbound.readConnectionLost()
     assert tout.calls.count("loseWriteConnection") == 1
+
+
+class FakeSocket:
+    """
+    The C{getsockopt(SOL_SOCKET, SO_ERROR)} of a socket: the pending error,
+    taken by the first read as the kernel does.
+    """
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+
+    def getsockopt(self, level: int, option: int) -> int:
+        assert (level, option) == (socket.SOL_SOCKET, socket.SO_ERROR)
+        error, self.error = self.error, 0
+        return error
+
+
+def test_a_reset_reported_as_end_of_input_is_a_reset() -> None:
+    # Linux can report a TCP reset to epoll as EPOLLERR without EPOLLIN, which
+    # Twisted delivers as readConnectionLost: the socket still holds the error.
+    h = Harness()
+    tin, tout = h.join()
+    tout.socket = FakeSocket(errno.ECONNRESET)  # type: ignore[attr-defined]
+    h.pair.outbound.dataReceived(b"partial answer")
+    h.pair.outbound.readConnectionLost()
+    assert h.pair.outbound.lost_reason.check(ConnectionLost)
+    assert "abortConnection" in tout.calls
+    assert tin.value() == b"partial answer"
+    assert tin.disconnecting  # after flushing, not aborted
+    assert "abortConnection" not in tin.calls
+    h.pair.outbound.connectionLost(done_reason())  # Twisted's own, later: ignored
+    assert h.pair.outbound.lost_reason.check(ConnectionLost)
+
+
+def test_a_clean_end_of_input_with_no_socket_error_half_closes() -> None:
+    h = Harness()
+    tin, tout = h.join()
+    tout.socket = FakeSocket(0)  # type: ignore[attr-defined]
+    h.pair.outbound.readConnectionLost()
+    assert h.pair.outbound.lost_reason is None
+    assert tin.closed_calls() == ["unregisterProducer", "loseWriteConnection"]
 
 
 # -- connections lost, closing and aborting
