@@ -198,7 +198,8 @@ def _networks(option: str) -> Any:
     "--max-connections",
     type=click.IntRange(min=1),
     metavar="N",
-    help="At most N relayed pairs at once; further clients wait in the kernel backlog "
+    help="At most N client connections at once (on a haproxy: listener, those still "
+    "sending their PROXY header count too); further clients wait in the kernel backlog "
     "and are served in turn.",
 )
 @click.option(

@@ -88,6 +88,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         self._parser: V1Parser | V2Parser | None = None
         self._timer: Any = None
         self._rejected = False
+        self._waiting = False
 
     # -- connection
 
@@ -103,9 +104,16 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         if not self.factory.trusts(self.proxied_by):
             self._reject("PROXY header sender is not in any --proxy-trusted network")
             return
+        self._waiting = True
+        self.factory.waiting += 1
         timeout = self.factory.timeout
         if timeout is not None:
             self._timer = self.factory.reactor.callLater(timeout, self._expired)
+
+    def _stop_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.factory.waiting -= 1
 
     def _expired(self) -> None:
         self._timer = None
@@ -131,6 +139,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             self._timer.cancel()
         self._timer = None
         self.proxy_info = info
+        self._stop_waiting()
         protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
         if protocol is None:
             # refused by the wrapped factory (e.g. --deny); it has said why
@@ -181,6 +190,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._stop_waiting()
         self.factory.rejected(self, reason)
         if abort:
             self.transport.abortConnection()
@@ -211,6 +221,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         if self.wrappedProtocol is None:
             if not self._rejected:
                 self._rejected = True
+                self._stop_waiting()
                 self.factory.rejected(self, "connection closed before a complete PROXY header")
             self.factory.unregisterProtocol(self)
             return
@@ -238,6 +249,8 @@ class ProxyHeaderFactory(WrappingFactory):
     @ivar trusted: networks allowed to send headers; empty: everyone.
     @ivar on_reject: called as C{on_reject(wrapper, reason)} for every
         connection closed without being relayed.
+    @ivar waiting: how many connections are waiting for their header now
+        (each counts against C{--max-connections} like a relayed one).
     """
 
     protocol = ProxyHeaderWrapper
@@ -255,6 +268,7 @@ class ProxyHeaderFactory(WrappingFactory):
         self.timeout = timeout
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
         self.on_reject = on_reject
+        self.waiting = 0
 
     def trusts(self, address: Any) -> bool:
         """

@@ -276,6 +276,9 @@ class Runner:
         self.access = AccessList(options.allow, options.deny)
         self.pairs: set[Pair] = set()
         self.ports: list[Any] = []
+        #: the PROXY header factories of haproxy: listeners (their waiting
+        #: connections count against --max-connections)
+        self._header_waits: list[Any] = []
         self.services: list[Any] = []
         self.queue: collections.deque[Pair] = collections.deque()
         self._started: set[Pair] = set()
@@ -374,14 +377,21 @@ class Runner:
         )
         options = self.plan.listen_options
 
+        def rejected(wrapper: Any, reason: str) -> None:
+            self.reporter.proxy_rejected(wrapper, reason)
+            if self._accept_paused and self._below_limit():
+                self._resume_accepting()
+
         def make_factory(factory: Any) -> ProxyHeaderFactory:
-            return ProxyHeaderFactory(
+            proxy_factory = ProxyHeaderFactory(
                 factory,
                 self.reactor,
                 timeout=options.proxy_header_timeout,
                 trusted=options.proxy_trusted,
-                on_reject=self.reporter.proxy_rejected,
+                on_reject=rejected,
             )
+            self._header_waits.append(proxy_factory)
+            return proxy_factory
 
         return ProxyHeaderEndpoint(inner, make_factory)
 
@@ -406,6 +416,7 @@ class Runner:
                 ExitStatus.FAILURE, f"cannot listen on {plan.listen}: {reason}"
             ) from None
         self.ports.append(port)
+        self._bound_accept_batches(port)
         host = port.getHost()
         self.ui.info(
             "listening",
@@ -450,7 +461,62 @@ class Runner:
         limit = plan.listen_options.max_connections
         if limit is not None and len(self._started) >= limit:
             self.queue.append(pair)
+        if not self._below_limit():
+            self._pause_accepting()
         return pair.inbound
+
+    def _below_limit(self) -> bool:
+        """
+        May another connection be accepted under C{--max-connections}?  Every
+        accepted connection counts, including those still waiting for a
+        PROXY header or a TLS handshake.
+        """
+        limit = self.plan.listen_options.max_connections
+        if limit is None:
+            return True
+        return self._connections_held() < limit
+
+    def _connections_held(self) -> int:
+        """
+        Accepted connections that are open now: relayed pairs and queued
+        ones, and connections still waiting for a PROXY header.
+        """
+        return len(self.pairs) + sum(f.waiting for f in self._header_waits)
+
+    def _bound_accept_batches(self, port: Any) -> None:
+        """
+        Make a Twisted TCP or UNIX port accept no more connections in one
+        read than C{--max-connections} leaves room for.
+
+        C{tcp.Port.doRead} accepts up to C{numberAccepts} connections in one
+        loop (100 at first, growing by 20 after every full round); stopping
+        reading from C{buildProtocol} takes effect only after the loop, so a
+        burst would be accepted past the limit and held in epcat instead of
+        waiting in the kernel's backlog.  Setting C{numberAccepts} before
+        every read bounds the loop.  Ports of other kinds keep Twisted's
+        behaviour; connections accepted past the limit are then queued
+        (L{Runner.queue}).
+
+        @param port: the L{IListeningPort} that C{listen} gave.
+        """
+        limit = self.plan.listen_options.max_connections
+        if limit is None or not isinstance(getattr(port, "numberAccepts", None), int):
+            return
+        do_read = port.doRead
+
+        def doRead() -> Any:
+            room = limit - self._connections_held()
+            if room <= 0:
+                self._pause_accepting()
+                return None
+            port.numberAccepts = room
+            result = do_read()
+            if not self._below_limit():
+                # (connections waiting for a PROXY header are not pairs yet)
+                self._pause_accepting()
+            return result
+
+        port.doRead = doRead
 
     def _start(self, pair: Pair) -> None:
         """
@@ -495,8 +561,7 @@ class Runner:
 
         def resume() -> None:
             self._emfile_paused = False
-            limit = self.plan.listen_options.max_connections
-            if limit is None or len(self._started) < limit:
+            if self._below_limit():
                 self._resume_accepting()
 
         self.reactor.callLater(EMFILE_PAUSE, resume)
@@ -734,8 +799,8 @@ class Runner:
         self._outbound.pop(pair, None)
         if pair in self.queue:
             self.queue.remove(pair)
-        if pair in self._started:
-            self._started.discard(pair)
+        self._started.discard(pair)
+        if self.plan.listen_options.max_connections is not None:
             self._admit_queued()
         return result
 
@@ -747,7 +812,7 @@ class Runner:
             pair = self.queue.popleft()
             if not pair.inbound.lost:
                 self._start(pair)  # its inbound side resumes when joined
-        if limit is None or len(self._started) < limit:
+        if self._below_limit():
             self._resume_accepting()
 
     def _on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:

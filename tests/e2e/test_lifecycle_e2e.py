@@ -468,6 +468,40 @@ def test_max_connections_queues_third_client(epcat_proc, server):
     no_traceback(ep.err)
 
 
+@pytest.mark.timeout(60)
+def test_max_connections_counts_connections_waiting_for_a_proxy_header(epcat_proc, server):
+    """
+    On a haproxy: listener a connection that has not sent its PROXY header
+    yet holds a slot: with --max-connections 1, a second client waits in
+    the backlog until the first one leaves.
+    """
+    srv = server(echo_handler)
+    ep = epcat_proc("-v", "listen", f"haproxy:{LOCAL}", "--max-connections", "1",
+                    "connect", f"tcp:{srv.address}")
+    port = ep.port()
+    silent = connect_client(port)
+    try:
+        second = connect_client(port)  # completes in the kernel backlog
+        try:
+            second.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\nhello\n")
+            second.settimeout(1.0)
+            with pytest.raises(socket.timeout):
+                second.recv(100)  # not served while the silent one holds the slot
+            assert srv.accepted == 0
+            second.settimeout(WAIT)
+            silent.close()
+            assert recv_exactly(second, 6) == b"hello\n"
+            second.shutdown(socket.SHUT_WR)
+            assert recv_all(second) == b""
+        finally:
+            second.close()
+    finally:
+        silent.close()
+    assert srv.wait_results(1) == [b"hello\n"]
+    ep.wait_stderr(r"closed before a complete PROXY header")
+    no_traceback(ep.err)
+
+
 # -- --allow / --deny
 
 

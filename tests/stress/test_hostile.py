@@ -817,16 +817,6 @@ def test_unix_graceful_stop_removes_the_socket(epcat_proc, backend, short_dir):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: --max-connections does not stop accepting at the limit: Twisted's Port.doRead "
-    "accepts up to numberAccepts connections (100 at first, +20 after every full round) "
-    "in one loop, and Runner._accept queues every one past the limit (Runner.queue) "
-    "while Runner._pause_accepting's stopReading() only takes effect after the loop; "
-    "so with 200 clients waiting, 'epcat listen ... --max-connections 50' holds 100 "
-    "accepted client sockets (300 after 100 s of slowloris in the full run), none of "
-    "them under --idle-timeout until admitted, where README says new clients 'wait in "
-    "the kernel backlog'"
-))
 def test_max_connections_leaves_the_rest_in_the_backlog(epcat_proc, backend):
     """
     With --max-connections 50 and 200 clients arriving at once, epcat holds

@@ -965,6 +965,46 @@ def test_no_timeout() -> None:
     assert h.pending()
 
 
+# -- connections waiting for a header (they count against --max-connections)
+
+
+def test_waiting_counts_until_the_header_arrives() -> None:
+    h = Harness()
+    assert h.factory.waiting == 1
+    h.feed(V1_TCP4[:10])
+    assert h.factory.waiting == 1
+    h.feed(V1_TCP4[10:])
+    assert h.built
+    assert h.factory.waiting == 0
+    h.lose()
+    assert h.factory.waiting == 0
+
+
+@pytest.mark.parametrize("ending", ["timeout", "malformed", "eof", "lost"])
+def test_waiting_ends_before_the_rejection_is_reported(ending: str) -> None:
+    h = Harness(timeout=1.0)
+    seen: list[int] = []
+    h.factory.on_reject = lambda wrapper, reason: seen.append(h.factory.waiting)
+    if ending == "timeout":
+        h.clock.advance(1.0)
+    elif ending == "malformed":
+        h.feed(b"GET / HTTP/1.1\r\n")
+    elif ending == "eof":
+        h.eof()
+    else:
+        h.lose()
+    assert seen == [0]
+    if ending != "lost":
+        h.lose()
+    assert h.factory.waiting == 0
+
+
+def test_an_untrusted_sender_never_waits() -> None:
+    h = Harness(peer=v4("192.0.2.9", 40000), trusted=("127.0.0.0/8",))
+    assert h.closed
+    assert h.factory.waiting == 0
+
+
 # -- --proxy-trusted
 
 
