@@ -30,4 +30,3 @@ _epcat_completion_setup() {
 }
 
 _epcat_completion_setup;
-

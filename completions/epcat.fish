@@ -15,4 +15,3 @@ function _epcat_completion;
 end;
 
 complete --no-files --command epcat --arguments "(_epcat_completion)";
-

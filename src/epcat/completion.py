@@ -616,8 +616,9 @@ add_completion_class(FishComplete)
 
 def source(shell: str, prog_name: str = "epcat") -> str:
     """
-    The completion script for C{shell}, exactly as
-    C{_EPCAT_COMPLETE={shell}_source epcat} prints it.
+    The completion script for C{shell}, as C{_EPCAT_COMPLETE={shell}_source
+    epcat} prints it, ending in one newline (how many click adds depends on
+    its version).
 
     @param shell: C{"bash"}, C{"zsh"} or C{"fish"}.
     @raise ValueError: another shell.
@@ -630,4 +631,4 @@ def source(shell: str, prog_name: str = "epcat") -> str:
     if cls is None:
         raise ValueError(f"no completion for shell {shell!r}")
     complete_var = "_{}_COMPLETE".format(prog_name.replace("-", "_").upper())
-    return cls(cli, {}, prog_name, complete_var).source() + "\n"
+    return cls(cli, {}, prog_name, complete_var).source().rstrip("\n") + "\n"
