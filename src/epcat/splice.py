@@ -14,9 +14,10 @@ Same semantics as L{epcat.relay}: EOF on one socket is passed on as
 C{shutdown(SHUT_WR)} on the other once everything read before it has been
 written (half-close); a direction reads only while its pipe is empty, so a
 slow reader stops the fast writer (backpressure, at most one pipe's worth in
-flight); byte counts and the idle clock are kept on the pair.  Pipes are made
-only when a direction first moves data, so idle pairs cost no extra file
-descriptors.
+flight); byte counts and the idle clock are kept on the pair.  A direction
+holds a pipe only while it has bytes to move: once drained, with nothing more
+to read, the pipe goes back to a small pool, so pairs at rest cost no file
+descriptors beyond their two sockets.
 
 Linux only (splice(2), Python 3.10's C{os.splice}); L{eligible} says no
 elsewhere and the pair stays on the normal path.
@@ -131,13 +132,17 @@ class _Direction:
         self.done = False
 
     def close_pipe(self) -> None:
+        """
+        Let go of the pipe: back to the pool if it is empty, else closed
+        (with whatever it held).
+        """
         if self.pipe is not None:
-            for fd in self.pipe:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self.pipe = None
+            pipe, self.pipe = self.pipe, None
+            if self.in_pipe:
+                self.in_pipe = 0
+                _close_pipe(pipe)
+            else:
+                _release_pipe(pipe)
 
 
 class SpliceEngine:
@@ -230,7 +235,7 @@ class SpliceEngine:
                         # pair costs no descriptors beyond its two sockets
                         raise BlockingIOError(errno.EAGAIN, "not readable yet")
                     try:
-                        d.pipe = _make_pipe()
+                        d.pipe = _acquire_pipe()
                     except OSError:
                         # out of descriptors (EMFILE): go on without splice
                         self._fall_back()
@@ -247,6 +252,9 @@ class SpliceEngine:
             self._interest(d, read=not busy, write=busy)
         except BlockingIOError:
             blocked_on_write = bool(d.in_pipe or d.pending)
+            if not blocked_on_write:
+                # drained and nothing to read: a pair at rest holds no pipe
+                d.close_pipe()
             self._interest(d, read=not blocked_on_write, write=blocked_on_write)
         except OSError as e:
             # (a failed read is the source's fault, a failed write the sink's)
@@ -329,6 +337,42 @@ class SpliceEngine:
         other = self._ends[1] if end is self._ends[0] else self._ends[0]
         end.side.abort()
         other.side._close()
+
+
+#: empty pipes kept for the next direction that has bytes to move
+_pool: list[tuple[int, int]] = []
+
+#: at most this many pipes wait in the pool; the rest are closed
+POOL_SIZE = 16
+
+
+def _acquire_pipe() -> tuple[int, int]:
+    """
+    An empty pipe: from the pool, or a new one.
+
+    @raise OSError: no descriptor left for a new pipe (EMFILE, ENFILE).
+    """
+    if _pool:
+        return _pool.pop()
+    return _make_pipe()
+
+
+def _release_pipe(pipe: tuple[int, int]) -> None:
+    """
+    Give back an empty pipe (one that holds no byte).
+    """
+    if len(_pool) < POOL_SIZE:
+        _pool.append(pipe)
+    else:
+        _close_pipe(pipe)
+
+
+def _close_pipe(pipe: tuple[int, int]) -> None:
+    for fd in pipe:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _make_pipe() -> tuple[int, int]:
