@@ -7,6 +7,14 @@ The description is parsed by Twisted's own parsers (with a memory reactor,
 so nothing happens), as a server and as a client; for each that parses, the
 endpoint class, every argument with its value or default, what it wraps, and
 whether it half-closes.
+
+Some plugin parsers start work at parse time: txtorcon's C{onion:} without
+C{controlPort=} launches Tor (makes a temporary DataDirectory, registers its
+removal as a shutdown trigger, spawns the process) and keeps the Deferred of
+that launch on the endpoint.  The memory reactor here spawns nothing, and
+explain runs its shutdown triggers and consumes the failures of Deferreds
+left on the endpoints, so that nothing runs, nothing is left behind and no
+"Unhandled error in Deferred" is printed.
 """
 
 from __future__ import annotations
@@ -106,6 +114,80 @@ def arguments(role: str, description: str) -> list[tuple[str, str, bool]]:
     return result
 
 
+class _NoProcess:
+    """
+    The process transport L{_InertReactor.spawnProcess} returns: a process
+    that never started.
+    """
+
+    pid = None
+
+    def closeStdin(self) -> None:
+        pass
+
+    def closeStdout(self) -> None:
+        pass
+
+    def closeStderr(self) -> None:
+        pass
+
+    def closeChildFD(self, descriptor: int) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+    def signalProcess(self, signalID: Any) -> None:
+        pass
+
+
+def _inert_reactor() -> Any:
+    """
+    A L{MemoryReactor} that also takes C{spawnProcess} (recording the
+    executable in C{spawned}, running nothing) and can run the shutdown
+    triggers parsers registered on it (C{shutdown()}).
+    """
+    from twisted.internet.testing import MemoryReactor
+
+    class InertReactor(MemoryReactor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.spawned: list[Any] = []
+
+        def spawnProcess(self, processProtocol: Any, executable: Any, *args: Any,
+                         **kwargs: Any) -> _NoProcess:
+            self.spawned.append(executable)
+            return _NoProcess()
+
+        def shutdown(self) -> None:
+            for phase in ("before", "during", "after"):
+                for trigger, a, kw in self.triggers.get(phase, {}).get("shutdown", []):
+                    try:
+                        trigger(*a, **kw)
+                    except Exception:
+                        pass  # (a cleanup that failed; explain has no more to do)
+
+    return InertReactor()
+
+
+def _consume_failures(endpoint: Any) -> None:
+    """
+    Errback every Deferred left on C{endpoint} (its instance attributes) with
+    one that swallows the failure: explain never uses them.
+    """
+    from twisted.internet.defer import Deferred
+
+    for value in list(getattr(endpoint, "__dict__", {}).values()):
+        if isinstance(value, Deferred):
+            value.addErrback(lambda failure: None)
+
+
 def explain(description: str, out: IO[str]) -> None:
     """
     Write what C{description} means to C{out}.
@@ -113,11 +195,16 @@ def explain(description: str, out: IO[str]) -> None:
     @raise UsageError: it parses neither as a server nor as a client (the
         message gives both reasons).
     """
-    from twisted.internet.testing import MemoryReactor
+    reactor = _inert_reactor()
+    try:
+        _explain(reactor, description, out)
+    finally:
+        reactor.shutdown()
 
+
+def _explain(reactor: Any, description: str, out: IO[str]) -> None:
     from epcat.endpoints import parse_client, parse_server
 
-    reactor = MemoryReactor()
     prefix = endpoint_type(description)
     lines = [description]
     errors = []
@@ -127,6 +214,7 @@ def explain(description: str, out: IO[str]) -> None:
         except UsageError as e:
             errors.append(str(e))
             continue
+        _consume_failures(endpoint)
         cls = type(endpoint)
         lines.append(f"  as a {role} ({'epcat listen' if role == 'server' else 'epcat connect'}):")
         lines.append(f"    endpoint:   {cls.__name__} ({cls.__module__})")

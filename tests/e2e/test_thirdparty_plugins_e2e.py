@@ -482,18 +482,6 @@ def test_explain_onion_server_parses_without_running_tor(fake_tor):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "epcat bug: txtorcon's onion: parser (without controlPort=) starts "
-        "launching Tor at parse time (runs 'which tor', mkdtemp('tortmp'), then "
-        "reactor.spawnProcess); epcat explain's MemoryReactor has no "
-        "spawnProcess and never runs its shutdown triggers, so the failed "
-        "Deferred is printed as 'Unhandled error in Deferred' and the tortmp "
-        "directory is left behind"
-    ),
-)
 def test_explain_onion_is_quiet_and_leaves_nothing_behind(fake_tor):
     """
     C{epcat explain onion:80} prints no traceback and leaves no temporary
@@ -508,3 +496,4 @@ def test_explain_onion_is_quiet_and_leaves_nothing_behind(fake_tor):
         assert "Traceback" not in result.stderr, result.stderr
         assert "Unhandled error" not in result.stderr, result.stderr
     assert not list(fake_tor["tmp"].iterdir()), "left behind in TMPDIR"
+    assert not fake_tor["ran"].exists(), "explain ran tor"
