@@ -94,7 +94,7 @@ class Dial:
         self._endpoint = endpoint
         self._factory = factory
         self._options = options
-        self._policy = policy_for(options)
+        self._policy: Callable[[int], float] | None = None  # made at the first retry
         self._on_retry = on_retry
         self._failures = 0
         self._current: Deferred[Any] | None = None
@@ -126,6 +126,8 @@ class Dial:
         if self._failures > self._options.retry:
             self.result.errback(failure)
             return
+        if self._policy is None:
+            self._policy = policy_for(self._options)
         delay = self._policy(self._failures - 1)
         if self._on_retry is not None:
             self._on_retry(failure, delay, self._failures + 1)

@@ -11,6 +11,7 @@ only turns their exceptions into L{UsageError}s.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from typing import Any
 
@@ -43,6 +44,7 @@ _HALF_CLOSE_BY_TYPE = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def endpoint_type(description: str) -> str:
     """
     The type prefix of an endpoint description, lower-cased: C{"tcp"} for
@@ -54,6 +56,7 @@ def endpoint_type(description: str) -> str:
     return head.lower()
 
 
+@functools.lru_cache(maxsize=256)
 def half_close_mode(description: str) -> str:
     """
     How an endpoint of this description half-closes: one of

@@ -114,6 +114,10 @@ class Reporter:
     def _on_accepted(self, pair: Pair, side: RelaySide) -> None:
         if pair.stdio_inbound:
             return
+        if not self.tunnel:
+            self.totals.accepted += 1
+        if not self.ui.enabled("info"):
+            return  # (the common case: no addresses to look up)
         transport = side.transport
         peer, host = transport.getPeer(), transport.getHost()
         if self.tunnel:
@@ -126,7 +130,6 @@ class Reporter:
                 local=format_address(host),
             )
             return
-        self.totals.accepted += 1
         proxied_by = getattr(transport, "proxied_by", None)
         via = f" (from a PROXY header sent by {format_address(proxied_by)})" if proxied_by else ""
         self.ui.info(
@@ -140,7 +143,11 @@ class Reporter:
         )
 
     def _on_connected(self, pair: Pair, side: RelaySide) -> None:
-        if pair.outbound_description == "stdio" or side.transport is None:
+        if (
+            pair.outbound_description == "stdio"
+            or side.transport is None
+            or not self.ui.enabled("info")
+        ):
             return
         peer, host = side.transport.getPeer(), side.transport.getHost()
         self.ui.info(
@@ -208,6 +215,8 @@ class Reporter:
             self.ui.info("tls", line, conn=conn_id)
 
     def connecting(self, pair: Pair, description: str) -> None:
+        if not self.ui.enabled("info"):
+            return
         self.ui.info(
             "connecting",
             f"[{pair.conn_id}] connecting to {description}",

@@ -94,6 +94,8 @@ class AccessList:
         Why a peer at C{address} is refused, or L{None} if it is served.
         Only IP peers are checked; UNIX-socket and stdio peers pass.
         """
+        if not (self.allow or self.deny):
+            return None
         ip = ip_of(address)
         if ip is None:
             return None
@@ -783,7 +785,7 @@ class Runner:
             half_close_timeout=self.plan.half_close_timeout,
         )
         pair.tap = self.tap
-        pair.pairs_open = lambda: len(self.pairs)
+        pair.pairs_open = self._pairs_open
         # zero-copy when nothing needs to see the bytes (see epcat.splice)
         pair.fast_path = (
             self.tap is None and not self.plan.crlf and not os.environ.get("EPCAT_NO_SPLICE")
@@ -793,6 +795,9 @@ class Runner:
         self.pairs.add(pair)
         pair.done.addBoth(self._forget, pair)
         return pair
+
+    def _pairs_open(self) -> int:
+        return len(self.pairs)
 
     def _forget(self, result: Any, pair: Pair) -> Any:
         self.pairs.discard(pair)

@@ -31,11 +31,13 @@ import os
 import socket
 from typing import Any
 
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 #: F_SETPIPE_SZ from fcntl(2) (Linux); Python has it as fcntl.F_SETPIPE_SZ
 #: from 3.10 on.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 #: bytes a pipe may hold (fs.pipe-max-size is 1 MiB by default)
 PIPE_SIZE = 1 << 20
@@ -73,6 +75,8 @@ class _End:
     C{IReadDescriptor} and C{IWriteDescriptor} for the socket's file
     descriptor.
     """
+
+    __slots__ = ("engine", "side", "transport", "fd", "reading", "writing")
 
     def __init__(self, engine: SpliceEngine, side: Any) -> None:
         self.engine = engine
@@ -122,13 +126,15 @@ class _Direction:
     Bytes from C{source} to C{sink}, through a pipe.
     """
 
+    __slots__ = ("source", "sink", "pending", "eof", "in_pipe", "pipe", "done")
+
     def __init__(self, source: _End, sink: _End, pending: list[bytes], eof: bool) -> None:
         self.source = source
         self.sink = sink
         self.pending = b"".join(pending)  # read by Twisted before the switch
         self.eof = eof
         self.in_pipe = 0
-        self.pipe: tuple[int, int] | None = None
+        self.pipe: tuple[int, int, int] | None = None  # read end, write end, capacity
         self.done = False
 
     def close_pipe(self) -> None:
@@ -151,6 +157,8 @@ class SpliceEngine:
 
     @ivar directions: inbound->outbound and outbound->inbound.
     """
+
+    __slots__ = ("reactor", "pair", "stopped", "_ends", "directions")
 
     def __init__(self, reactor: Any, pair: Any) -> None:
         self.reactor = reactor
@@ -212,6 +220,7 @@ class SpliceEngine:
         if self.stopped or d.done:
             return
         failed_end = d.sink
+        drained = False
         try:
             for _ in range(ROUNDS):
                 failed_end = d.sink
@@ -224,6 +233,11 @@ class SpliceEngine:
                 if d.in_pipe:
                     moved = os.splice(d.pipe[0], d.sink.fd, d.in_pipe, flags=_FLAGS)
                     d.in_pipe -= moved
+                    if not d.in_pipe and drained:
+                        # The last read took less than the pipe holds: the
+                        # socket was empty then.  Wait for the reactor (level-
+                        # triggered) instead of a read that would say EAGAIN.
+                        raise BlockingIOError(errno.EAGAIN, "drained")
                     continue
                 if d.eof:
                     self._direction_ended(d)
@@ -240,10 +254,11 @@ class SpliceEngine:
                         # out of descriptors (EMFILE): go on without splice
                         self._fall_back()
                         return
-                moved = os.splice(d.source.fd, d.pipe[1], PIPE_SIZE, flags=_FLAGS)
+                moved = os.splice(d.source.fd, d.pipe[1], d.pipe[2], flags=_FLAGS)
                 if moved == 0:
                     d.eof = True
                     continue
+                drained = moved < d.pipe[2]
                 d.in_pipe += moved
                 d.source.side.bytes_received += moved
                 self.pair.last_activity = self.reactor.seconds()
@@ -318,13 +333,12 @@ class SpliceEngine:
         write, and the reactor reports a fully shut down socket it is not
         reading from as lost.)
         """
-        from twisted.internet.error import ConnectionDone
-
         self.stop()
         for side in (self.pair.inbound, self.pair.outbound):
             side.transport.unregisterProducer()
             if not side.lost:
-                side.transport.connectionLost(Failure(ConnectionDone()))
+                # (Twisted's shared Failure(ConnectionDone()))
+                side.transport.connectionLost(connectionDone)
 
     def _failed(self, end: _End, reason: Failure) -> None:
         """
@@ -340,15 +354,16 @@ class SpliceEngine:
 
 
 #: empty pipes kept for the next direction that has bytes to move
-_pool: list[tuple[int, int]] = []
+_pool: list[tuple[int, int, int]] = []
 
 #: at most this many pipes wait in the pool; the rest are closed
 POOL_SIZE = 16
 
 
-def _acquire_pipe() -> tuple[int, int]:
+def _acquire_pipe() -> tuple[int, int, int]:
     """
-    An empty pipe: from the pool, or a new one.
+    An empty pipe, as (read end, write end, capacity in bytes): from the
+    pool, or a new one.
 
     @raise OSError: no descriptor left for a new pipe (EMFILE, ENFILE).
     """
@@ -357,7 +372,7 @@ def _acquire_pipe() -> tuple[int, int]:
     return _make_pipe()
 
 
-def _release_pipe(pipe: tuple[int, int]) -> None:
+def _release_pipe(pipe: tuple[int, int, int]) -> None:
     """
     Give back an empty pipe (one that holds no byte).
     """
@@ -367,18 +382,19 @@ def _release_pipe(pipe: tuple[int, int]) -> None:
         _close_pipe(pipe)
 
 
-def _close_pipe(pipe: tuple[int, int]) -> None:
-    for fd in pipe:
+def _close_pipe(pipe: tuple[int, int, int]) -> None:
+    for fd in pipe[:2]:
         try:
             os.close(fd)
         except OSError:
             pass
 
 
-def _make_pipe() -> tuple[int, int]:
+def _make_pipe() -> tuple[int, int, int]:
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+        capacity = fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
-        pass  # the default 64 KiB will do
-    return r, w
+        # the default will do (64 KiB; less past pipe-user-pages-soft)
+        capacity = fcntl.fcntl(w, F_GETPIPE_SZ)
+    return r, w, capacity
