@@ -438,7 +438,7 @@ def go(plan: Any) -> None:
     from epcat.workers import PORT_VARIABLE, supervise
 
     if plan.listen_options.workers > 1 and not os.environ.get(PORT_VARIABLE):
-        sys.exit(supervise(sys.argv[1:], plan.listen, plan.listen_options.workers))
+        sys.exit(supervise(plan.listen, plan.listen_options.workers, lambda: go(plan)))
 
     from twisted.internet.task import react
 

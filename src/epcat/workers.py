@@ -3,12 +3,14 @@
 C{listen ... --workers N}: N epcat processes share one TCP port, so a relay
 can use every core.
 
-Each worker is a full epcat process (the same command line without
-C{--workers}) whose listening socket has SO_REUSEPORT set (socket(7)): the
-kernel spreads new connections across the workers.  The parent only starts
-them, passes SIGTERM/SIGINT/SIGUSR1 on, and exits with the worst status
-they exit with.  With port 0 the parent picks the port first, holding it
-with a bound SO_REUSEPORT socket that never listens.
+Each worker is a full epcat process running the same plan, whose listening
+socket has SO_REUSEPORT set (socket(7)): the kernel spreads new connections
+across the workers.  The parent imports what a relay needs (Twisted, but no
+reactor yet), then forks the workers, so they start in the time one process
+takes and share its imported code copy-on-write; each installs its own
+reactor.  The parent only passes SIGTERM/SIGINT/SIGUSR1 on and exits with the
+worst status the workers exit with.  With port 0 the parent picks the port
+first, holding it with a bound SO_REUSEPORT socket that never listens.
 
 Only C{tcp:}, C{tcp6:} and C{haproxy:} over them are supported: other
 endpoint types cannot share a port this way.
@@ -17,11 +19,12 @@ endpoint types cannot share a port this way.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
-import subprocess
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 from epcat.status import UsageError
@@ -119,30 +122,16 @@ def worker_endpoint(reactor: Any, description: str) -> ReusePortEndpoint | None:
     return ReusePortEndpoint(reactor, family, interface, int(shared), backlog)
 
 
-def without_workers_option(argv: Sequence[str]) -> list[str]:
+def supervise(listen: str, workers: int, run_worker: Callable[[], Any]) -> int:
     """
-    The command line with C{--workers N} (or C{--workers=N}) removed.
-    """
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--workers":
-            skip = True
-            continue
-        if arg.startswith("--workers="):
-            continue
-        out.append(arg)
-    return out
-
-
-def supervise(argv: Sequence[str], listen: str, workers: int) -> int:
-    """
-    Start C{workers} epcat processes for the command line C{argv} (minus
-    C{--workers}), sharing the port of C{listen}; pass signals on; return
+    Fork C{workers} processes that each call C{run_worker()} with
+    C{EPCAT_REUSEPORT} naming the port of C{listen}; pass signals on; return
     the worst exit status.
+
+    @param run_worker: runs the relay in a worker and exits (by
+        C{SystemExit}, as C{react} does); its exit code is the worker's
+        status.
+    @raise UsageError: C{listen} cannot be shared, or its port not bound.
     """
     port, interface, _, family = tcp_listen_arguments(listen)
     holder = None
@@ -152,25 +141,76 @@ def supervise(argv: Sequence[str], listen: str, workers: int) -> int:
         except OSError as e:
             raise UsageError(f"listen --workers: cannot bind {listen!r}: {e.strerror}") from None
         port = holder.getsockname()[1]
-    env = dict(os.environ, **{PORT_VARIABLE: str(port)})
-    command = [sys.executable, "-m", "epcat", *without_workers_option(argv)]
-    # (new sessions: a terminal's Ctrl-C reaches the parent only, which
-    # passes it on once; a second one would close everything at once)
-    children = [
-        subprocess.Popen(command, env=env, start_new_session=True) for _ in range(workers)
-    ]
+    os.environ[PORT_VARIABLE] = str(port)
+    _preload()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (a forked worker; tests/e2e run it)
+            _worker(holder, run_worker)
+        children.append(pid)
 
     def forward(signum: int, frame: Any) -> None:
-        for child in children:
-            if child.poll() is None:
-                try:
-                    child.send_signal(signum)
-                except OSError:
-                    pass
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, forward)
-    statuses = [child.wait() for child in children]
+    statuses = []
+    for pid in children:
+        while True:
+            try:
+                _, wait_status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover (PEP 475 retries)
+                continue
+        code = os.waitstatus_to_exitcode(wait_status)
+        statuses.append(code if code >= 0 else 1)
     if holder is not None:
         holder.close()
-    return max((s if s >= 0 else 1) for s in statuses)
+    return max(statuses)
+
+
+def _preload() -> None:
+    """
+    Import what every worker needs before forking them, so that it is
+    imported once.  Nothing here may install a reactor or start a thread.
+    """
+    import twisted.internet.endpoints  # noqa: F401
+    import twisted.internet.epollreactor  # noqa: F401
+    import twisted.internet.task  # noqa: F401
+
+    import epcat.run  # noqa: F401
+
+
+def _worker(holder: socket.socket | None, run_worker: Callable[[], Any]) -> None:
+    """
+    In a forked worker: a session of its own (a terminal's Ctrl-C reaches
+    the parent only, which passes it on once), then the relay; never
+    returns.
+    """
+    status = 1
+    try:
+        if holder is not None:
+            holder.close()
+        os.setsid()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_DFL)
+        random.seed()  # (not the parent's jitter sequence)
+        run_worker()
+        status = 0
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)

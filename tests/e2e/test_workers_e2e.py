@@ -4,6 +4,7 @@ listen --workers N: N processes share the port (SO_REUSEPORT).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 
@@ -50,3 +51,44 @@ def test_workers_need_a_tcp_listener(tmp_path):
     err = result.stderr.decode()
     assert err.startswith("epcat: error:") and "--workers" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_workers_are_forked_children_that_get_signals_and_go(epcat_proc, server):
+    """
+    The parent forks the workers (its children, in sessions of their own),
+    passes SIGUSR1 on to each (two tables) and SIGTERM too, and leaves none
+    behind.
+    """
+    srv = server(lambda conn: conn.recv(100))
+    ep = epcat_proc(
+        "-v", "listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "connect",
+        f"tcp:{srv.address}",
+    )
+    ep.port()
+    first = ep.stderr.wait_for(r"listening on ")
+    ep.stderr.wait_for(r"listening on ", start=ep.stderr.lines.index(first.string) + 1)
+    workers = _children(ep.popen.pid)
+    assert len(workers) == 2, workers
+    for pid in workers:
+        assert os.getsid(pid) == pid  # a session of its own
+    ep.popen.send_signal(signal.SIGUSR1)
+    table = ep.stderr.wait_for(r"^totals: ")
+    ep.stderr.wait_for(r"^totals: ", start=ep.stderr.lines.index(table.string) + 1)
+    ep.popen.send_signal(signal.SIGTERM)
+    assert ep.popen.wait(WAIT) == 0
+    assert not [pid for pid in workers if _alive(pid)]
+    no_traceback(ep.err)
