@@ -116,3 +116,31 @@ def test_completion_scripts() -> None:
         heavy, out = probe([], _EPCAT_COMPLETE=f"{shell}_source")
         assert "_epcat_completion" in out
         assert heavy == []
+
+
+@pytest.mark.parametrize("option", ["--version", "-V"])
+def test_version_alone_imports_nothing_but_epcat(option: str) -> None:
+    """
+    The console script answers C{--version} alone before importing click:
+    the same line click prints, from a Python that imported only epcat.
+    """
+    code = (
+        "import sys\n"
+        "from epcat.entry import main\n"
+        "try:\n"
+        "    main([sys.argv[1]])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "sys.stderr.write(repr(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('click', 'twisted', 'rich', 'OpenSSL'))))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run([sys.executable, "-c", code, option], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stderr == "[]"
+    from epcat import __version__
+
+    assert done.stdout == f"epcat {__version__}\n"
+    via_click = subprocess.run([sys.executable, "-m", "epcat", "--version", "--help"], env=env,
+                               capture_output=True, text=True, timeout=60, check=True)
+    assert via_click.stdout == done.stdout  # (click's own --version, among other options)
