@@ -1051,6 +1051,10 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "benchmarks/bench.py", *(sys.argv[1:] if argv is None
                                                              else argv)])
     started = datetime.datetime.now(datetime.timezone.utc)
+    # An installed epcat runs from compiled bytecode (pip compiles it at
+    # install); a checkout under PYTHONDONTWRITEBYTECODE=1 would compile every
+    # module of epcat's at every start.  (As benchmarks/startup.py does.)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     limit = raise_fd_limit(2 * settings.idle_connections + 512)
     if limit < 2 * settings.idle_connections + 256:
         print(f"bench: RLIMIT_NOFILE is {limit}: too low for "
