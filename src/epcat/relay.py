@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -147,6 +147,17 @@ class RelaySide(Protocol):
     @ivar lost: the connection is gone.
     """
 
+    # (two sides are made for every connection: slots keep them small;
+    # Protocol's own attributes included, so no instance dict is needed
+    # unless zope.interface's alsoProvides adds one)
+    __slots__ = (
+        "transport", "connected", "pair", "role", "half_close", "peer", "bytes_received",
+        "read_ended", "write_ended", "lost", "lost_reason", "handshake_done", "tls_record",
+        "is_client", "connected_at", "transform", "_held", "_held_size", "_paused_for_hold",
+        "_tls_shutdown_wanted", "_write_shutdown_requested", "write_shutdown_sent",
+        "_write_gone", "_close_timer",
+    )
+
     def __init__(self, pair: Pair, role: str, half_close: str) -> None:
         if half_close == HALF_CLOSE_TLS:
             # Only TLS sides listen for the handshake.  Twisted's client
@@ -155,6 +166,8 @@ class RelaySide(Protocol):
             # one wins: a protocol providing both IHalfCloseableProtocol and
             # IHandshakeListener loses half-close on tcp:/unix: clients.
             alsoProvides(self, IHandshakeListener)
+        self.transport: Any = None
+        self.connected = 0
         self.pair = pair
         self.role = role
         self.half_close = half_close
@@ -172,7 +185,7 @@ class RelaySide(Protocol):
         self.connected_at: float | None = None
         #: applied to every chunk read from this side (e.g. --crlf on stdin)
         self.transform: Callable[[bytes], bytes] | None = None
-        self._held: list[bytes] = []
+        self._held: list[bytes] | None = None  # (made when something is held)
         self._held_size = 0
         self._paused_for_hold = False
         self._tls_shutdown_wanted = False
@@ -203,6 +216,8 @@ class RelaySide(Protocol):
             if not peer.write_ended:
                 peer.transport.write(data)
             return
+        if self._held is None:
+            self._held = []
         self._held.append(data)
         self._held_size += len(data)
         if self._held_size > HOLD_LIMIT and not self._paused_for_hold:
@@ -273,7 +288,7 @@ class RelaySide(Protocol):
         Called once both sides are joined: deliver what this side sent early,
         then its EOF if that came early too.
         """
-        held, self._held, self._held_size = self._held, [], 0
+        held, self._held, self._held_size = self._held, None, 0
         if self._paused_for_hold and not self.lost:
             self._paused_for_hold = False
             self.transport.resumeProducing()
@@ -286,9 +301,9 @@ class RelaySide(Protocol):
         """
         Hand over what this side sent before the join (to the splice engine).
         """
-        held, self._held, self._held_size = self._held, [], 0
+        held, self._held, self._held_size = self._held, None, 0
         self._paused_for_hold = False
-        return held
+        return held or []
 
     def held_bytes(self) -> int:
         """Bytes read from this side and not yet written to the other."""
@@ -394,6 +409,10 @@ class RelaySide(Protocol):
         _abort(self.transport)
 
 
+def _no_event(event: str, pair: Pair, side: RelaySide | None) -> None:
+    pass
+
+
 class Pair:
     """
     Two L{RelaySide}s joined: each side's bytes are written to the other,
@@ -405,6 +424,15 @@ class Pair:
         gone (or one side is gone and the other never came).
     @ivar first_closer: the role of the side whose input ended first.
     """
+
+    # (a pair is made for every connection: slots keep it small)
+    __slots__ = (
+        "reactor", "conn_id", "idle_timeout", "half_close_timeout", "close_reason", "_timers",
+        "inbound", "outbound", "done", "started_at", "last_activity", "first_closer", "joined",
+        "inbound_description", "outbound_description", "stdio_inbound", "quiet", "preamble",
+        "eof_closes", "tap", "all_pairs", "fast_path", "splice", "outbound_failure", "attempt",
+        "handshake_timer", "_on_event", "_finished",
+    )
 
     def __init__(
         self,
@@ -457,16 +485,23 @@ class Pair:
         self.eof_closes = False
         #: sees every relayed chunk (-x, --dump, --pcap): an L{epcat.tap.Tap}
         self.tap: Any = None
-        #: how many pairs are open (for the dump's connection ids)
-        self.pairs_open: Callable[[], int] = lambda: 1
+        #: every open pair, when this one is one of many (for the dump's
+        #: connection ids)
+        self.all_pairs: Collection[Pair] | None = None
         #: may the zero-copy path be used (nothing needs to see the bytes)?
         self.fast_path = False
         #: the L{epcat.splice.SpliceEngine} while it relays this pair
         self.splice: Any = None
         self.outbound_failure: Failure | None = None
         self.attempt: Deferred[Any] | None = None
-        self._on_event = on_event or (lambda event, pair, side: None)
+        #: the timer of an outbound TLS handshake (epcat.run)
+        self.handshake_timer: Any = None
+        self._on_event = on_event or _no_event
         self._finished = False
+
+    def pairs_open(self) -> int:
+        """How many pairs are open, this one included."""
+        return 1 if self.all_pairs is None else len(self.all_pairs)
 
     # the outbound attempt
 
@@ -508,7 +543,7 @@ class Pair:
         a.peer, b.peer = b, a
         if self._splice_ok():
             if self.preamble is not None:
-                a._held.insert(0, self.preamble())  # written first
+                a._held = [self.preamble(), *(a._held or ())]  # written first
             self.splice = zero_copy.SpliceEngine(self.reactor, self)
             self._on_event("fast-path", self, None)
             self.splice.start()

@@ -277,6 +277,8 @@ class Runner:
         )
         self.access = AccessList(options.allow, options.deny)
         self.pairs: set[Pair] = set()
+        #: (one bound method for every pair, not one each)
+        self._on_event_callback = self._on_event
         self.ports: list[Any] = []
         #: the PROXY header factories of haproxy: listeners (their waiting
         #: connections count against --max-connections)
@@ -780,12 +782,12 @@ class Runner:
             next(self._ids),
             inbound_half_close,
             outbound_half_close,
-            on_event=self._on_event,
+            on_event=self._on_event_callback,
             idle_timeout=self.plan.idle_timeout,
             half_close_timeout=self.plan.half_close_timeout,
         )
         pair.tap = self.tap
-        pair.pairs_open = self._pairs_open
+        pair.all_pairs = self.pairs
         # zero-copy when nothing needs to see the bytes (see epcat.splice)
         pair.fast_path = (
             self.tap is None and not self.plan.crlf and not os.environ.get("EPCAT_NO_SPLICE")
@@ -793,13 +795,13 @@ class Runner:
         if self.plan.mode == modes.TUNNEL:
             pair.inbound.is_client = True
         self.pairs.add(pair)
-        pair.done.addBoth(self._forget, pair)
         return pair
 
-    def _pairs_open(self) -> int:
-        return len(self.pairs)
-
-    def _forget(self, result: Any, pair: Pair) -> Any:
+    def _forget(self, pair: Pair) -> None:
+        """
+        A pair has finished (its C{closed} event, just before its C{done}
+        fires): stop counting it, admit a queued one.
+        """
         self.pairs.discard(pair)
         self._outbound.pop(pair, None)
         if pair in self.queue:
@@ -807,7 +809,6 @@ class Runner:
         self._started.discard(pair)
         if self.plan.listen_options.max_connections is not None:
             self._admit_queued()
-        return result
 
     def _admit_queued(self) -> None:
         limit = self.plan.listen_options.max_connections
@@ -822,14 +823,16 @@ class Runner:
 
     def _on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
         self.reporter.on_event(event, pair, side)
-        if event == "accepted":
+        if event == "closed":
+            self._forget(pair)
+        elif event == "accepted":
             if self._wants_handshake_first(pair) and not pair.inbound.handshake_done:
                 return  # (keeps reading: the handshake needs it)
             self._begin(pair)
         elif event == "handshake" and side is pair.inbound and self._wants_handshake_first(pair):
             self._begin(pair)
         if event == "handshake" and side is pair.outbound:
-            timer = getattr(pair, "handshake_timer", None)
+            timer = pair.handshake_timer
             if timer is not None and timer.active():
                 timer.cancel()
 

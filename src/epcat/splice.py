@@ -164,8 +164,8 @@ class SpliceEngine:
         self.reactor = reactor
         self.pair = pair
         self.stopped = False
-        self._ends: list[_End] = []
-        self.directions: list[_Direction] = []
+        self._ends: tuple[_End, ...] = ()
+        self.directions: tuple[_Direction, ...] = ()
 
     def start(self) -> None:
         """
@@ -178,12 +178,12 @@ class SpliceEngine:
             side.transport.stopReading()
             side.transport.stopWriting()
         end_a, end_b = _End(self, a), _End(self, b)
-        self._ends = [end_a, end_b]
+        self._ends = (end_a, end_b)
         held_a, held_b = a._take_held(), b._take_held()
-        self.directions = [
+        self.directions = (
             _Direction(end_a, end_b, held_a, a.read_ended),
             _Direction(end_b, end_a, held_b, b.read_ended),
-        ]
+        )
         for direction in self.directions:
             self._pump(direction)
 
