@@ -463,7 +463,8 @@ class Bench:
             if "--workers" in helptext:
                 self.epcat_extra = ["--workers", str(os.cpu_count() or 1)]
                 self.notes.append(f"epcat runs with --workers {os.cpu_count() or 1} "
-                                  "(TCP listeners; its UNIX listener is one process)")
+                                  "(TCP listeners; its UNIX listener is one process; the "
+                                  "memory figures are for one process)")
             else:
                 self.notes.append("epcat listen offers no --workers here: one process")
         if self.tools["nginx"] and self.tools["ab"]:
@@ -517,13 +518,14 @@ http {{
 
     # relays
 
-    def relay_argv(self, candidate: str, listen: tuple[str, Any], backend: int) -> list[str]:
+    def relay_argv(self, candidate: str, listen: tuple[str, Any], backend: int,
+                   single: bool = False) -> list[str]:
         kind, where = listen
         if candidate == "epcat":
             assert self.epcat is not None
             server = (f"tcp:{where}:interface=127.0.0.1" if kind == "tcp" else f"unix:{where}")
             # --workers shares a TCP listening port; a UNIX listener has one process
-            workers = self.epcat_extra if kind == "tcp" else []
+            workers = self.epcat_extra if kind == "tcp" and not single else []
             return [self.epcat, "listen", *workers, server,
                     "connect", f"tcp:127.0.0.1:{backend}"]
         if candidate in ("socat", "socat-b256k"):
@@ -557,12 +559,12 @@ backend backend
         raise ValueError(candidate)
 
     @contextmanager
-    def relay(self, candidate: str, backend: int,
-              unix: bool = False) -> Iterator[tuple[subprocess.Popen[bytes] | None, Any]]:
+    def relay(self, candidate: str, backend: int, unix: bool = False,
+              single: bool = False) -> Iterator[tuple[subprocess.Popen[bytes] | None, Any]]:
         """
         Run C{candidate} relaying to 127.0.0.1:C{backend}; yield (process,
         where clients connect: a TCP port or a UNIX path).  For direct,
-        (None, C{backend}).
+        (None, C{backend}).  C{single}: epcat as one process (no --workers).
         """
         if candidate == "direct":
             yield None, backend
@@ -580,7 +582,7 @@ backend backend
             port = free_port()
             listen = ("tcp", port)
             check = lambda: tcp_listening(port)  # noqa: E731
-        popen = self.procs.spawn(self.relay_argv(candidate, listen, backend), candidate)
+        popen = self.procs.spawn(self.relay_argv(candidate, listen, backend, single), candidate)
         try:
             wait_until(check, popen, self.procs, candidate)
             yield popen, listen[1]
@@ -702,7 +704,11 @@ backend backend
         sink.drop_all()
         clients: list[socket.socket] = []
         try:
-            with self.relay(candidate, sink.port) as (popen, port):
+            # (one epcat process: what a connection costs.  Forked workers
+            # share the parent's imported code and copy pages of it as they
+            # touch it, a one-time cost that would be spread over these
+            # connections.)
+            with self.relay(candidate, sink.port, single=True) as (popen, port):
                 assert popen is not None
                 warm = socket.create_connection(("127.0.0.1", port), timeout=10)
                 if not sink.wait_for(1, 20):

@@ -18,6 +18,7 @@ endpoint types cannot share a port this way.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -143,6 +144,10 @@ def supervise(listen: str, workers: int, run_worker: Callable[[], Any]) -> int:
         port = holder.getsockname()[1]
     os.environ[PORT_VARIABLE] = str(port)
     _preload()
+    # Out of the collector's sight: a collection in a worker would write to
+    # every object's header and so copy every page it shares with the parent
+    # (the gc.freeze documentation's own use).
+    gc.freeze()
     sys.stdout.flush()
     sys.stderr.flush()
     children = []
