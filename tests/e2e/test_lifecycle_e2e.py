@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import WAIT, echo_handler, no_traceback, recv_all, run_epcat
+from .conftest import WAIT, Server, echo_handler, no_traceback, recv_all, run_epcat
 from .lifecycle_support import (
     Drain,
     Listener,
@@ -427,6 +427,19 @@ def test_reconnect_stdio_survives_server_close(epcat_proc, listener):
 # -- --max-connections
 
 
+def assert_not_served(client: socket.socket, srv: Server, accepted: int) -> None:
+    """
+    C{client} gets no answer within a second (it waits in the backlog) and
+    the backend has accepted C{accepted} connections.  (A lower bound only:
+    load cannot make it fail wrongly.)
+    """
+    client.settimeout(1.0)
+    with pytest.raises(socket.timeout):
+        client.recv(100)
+    assert srv.accepted == accepted
+    client.settimeout(WAIT)
+
+
 @pytest.mark.timeout(60)
 def test_max_connections_queues_third_client(epcat_proc, server):
     """
@@ -447,11 +460,7 @@ def test_max_connections_queues_third_client(epcat_proc, server):
         c3 = connect_client(port)  # completes in the kernel backlog
         try:
             c3.sendall(b"client 3\n")
-            c3.settimeout(1.0)
-            with pytest.raises(socket.timeout):
-                c3.recv(100)  # not served while two pairs are open
-            assert srv.accepted == 2
-            c3.settimeout(WAIT)
+            assert_not_served(c3, srv, accepted=2)  # while two pairs are open
             c1.shutdown(socket.SHUT_WR)
             assert recv_all(c1) == b""
             c1.close()
@@ -479,24 +488,14 @@ def test_max_connections_counts_connections_waiting_for_a_proxy_header(epcat_pro
     ep = epcat_proc("-v", "listen", f"haproxy:{LOCAL}", "--max-connections", "1",
                     "connect", f"tcp:{srv.address}")
     port = ep.port()
-    silent = connect_client(port)
-    try:
-        second = connect_client(port)  # completes in the kernel backlog
-        try:
-            second.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\nhello\n")
-            second.settimeout(1.0)
-            with pytest.raises(socket.timeout):
-                second.recv(100)  # not served while the silent one holds the slot
-            assert srv.accepted == 0
-            second.settimeout(WAIT)
-            silent.close()
-            assert recv_exactly(second, 6) == b"hello\n"
-            second.shutdown(socket.SHUT_WR)
-            assert recv_all(second) == b""
-        finally:
-            second.close()
-    finally:
+    # (the second completes in the kernel backlog)
+    with connect_client(port) as silent, connect_client(port) as second:
+        second.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\nhello\n")
+        assert_not_served(second, srv, accepted=0)  # the silent one holds the slot
         silent.close()
+        assert recv_exactly(second, 6) == b"hello\n"
+        second.shutdown(socket.SHUT_WR)
+        assert recv_all(second) == b""
     assert srv.wait_results(1) == [b"hello\n"]
     ep.wait_stderr(r"closed before a complete PROXY header")
     no_traceback(ep.err)
