@@ -360,6 +360,17 @@ def epcat_proc(spawn: Callable[..., Proc]) -> Callable[..., Proc]:
     return start
 
 
+def one_error_line(text: str) -> str:
+    """
+    C{text} (stderr) is one C{epcat: error:} line and no traceback; return it.
+    """
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith("epcat: error:"), text
+    no_traceback(text)
+    return lines[0]
+
+
 def run_epcat(*args: str, stdin: bytes = b"",
               timeout: float = WAIT) -> subprocess.CompletedProcess[bytes]:
     """

@@ -13,19 +13,11 @@ import struct
 
 import pytest
 
-from .conftest import WAIT, no_traceback, recv_all, run_epcat
+from .conftest import WAIT, no_traceback, one_error_line, recv_all, run_epcat
 
 pytestmark = pytest.mark.e2e
 
 LOCAL = "tcp:0:interface=127.0.0.1"
-
-
-def one_error_line(text: str) -> str:
-    lines = text.splitlines()
-    assert len(lines) == 1, text
-    assert lines[0].startswith("epcat: error:"), text
-    no_traceback(text)
-    return lines[0]
 
 
 @pytest.fixture

@@ -15,7 +15,16 @@ import subprocess
 
 import pytest
 
-from .conftest import WAIT, echo_handler, no_traceback, recv_all, require, run_epcat, split_http
+from .conftest import (
+    WAIT,
+    echo_handler,
+    no_traceback,
+    one_error_line,
+    recv_all,
+    require,
+    run_epcat,
+    split_http,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -95,11 +104,17 @@ def test_tls_origination_get_from_nginx(nginx_tls, tls_files):
         "connect", f"tls:localhost:{nginx_tls.port}:trustRoots={tls_files.ca_dir}",
         stdin=b"GET / HTTP/1.0\r\n\r\n",
     )
-    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode()
     head, body = split_http(result.stdout)
-    assert head.startswith(b"HTTP/1.1 200 OK"), head
-    assert body == nginx_tls.body
-    no_traceback(result.stderr.decode())
+    assert head.startswith(b"HTTP/1.1 200 OK"), (head, err)
+    assert body == nginx_tls.body, err
+    if result.returncode != 0:
+        # Now and then nginx closes with epcat's close_notify (sent when stdin
+        # ended) still unread, and the kernel sends a reset instead of a FIN
+        # (see the 1 MiB test below): epcat must then say so, not exit 0.
+        assert result.returncode == 1, err
+        assert "connection reset by peer" in one_error_line(err), err
+    no_traceback(err)
 
 
 @pytest.mark.timeout(60)
