@@ -213,6 +213,12 @@ class RelaySide(Protocol):
             self.pair.tap.chunk(self.pair, self, data, self.pair.pairs_open())
         peer = self.peer
         if peer is not None:
+            if self.pair.splice_waiting:
+                # the first byte of a zero-copy pair: the engine takes it
+                self._held = [data]
+                self._held_size = len(data)
+                self.pair._start_splice()
+                return
             if not peer.write_ended:
                 peer.transport.write(data)
             return
@@ -229,6 +235,8 @@ class RelaySide(Protocol):
             return
         self.lost = True
         self.lost_reason = reason
+        # (a zero-copy pair that never moved a byte ends on the normal path)
+        self.pair.splice_waiting = False
         if self.tls_record is not None:
             self.tls_record.remember_peer(self.transport)
         self._cancel_close_timer()
@@ -248,6 +256,10 @@ class RelaySide(Protocol):
             # A reset that Twisted reported as a clean end of input.
             self.connectionLost(Failure(ConnectionLost(os.strerror(error))))
             self.transport.abortConnection()
+            return
+        if self.pair.splice_waiting:
+            self.read_ended = True  # (the engine passes the EOF on)
+            self.pair._start_splice()
             return
         self.read_ended = True
         self.pair._read_ended(self)
@@ -431,7 +443,7 @@ class Pair:
         "inbound", "outbound", "done", "started_at", "last_activity", "first_closer", "joined",
         "inbound_description", "outbound_description", "stdio_inbound", "quiet", "preamble",
         "eof_closes", "tap", "all_pairs", "fast_path", "splice", "outbound_failure", "attempt",
-        "handshake_timer", "_on_event", "_finished",
+        "handshake_timer", "splice_waiting", "_on_event", "_finished",
     )
 
     def __init__(
@@ -492,6 +504,9 @@ class Pair:
         self.fast_path = False
         #: the L{epcat.splice.SpliceEngine} while it relays this pair
         self.splice: Any = None
+        #: joined for the zero-copy path, which starts at the first byte or
+        #: EOF (an idle pair costs no engine)
+        self.splice_waiting = False
         self.outbound_failure: Failure | None = None
         self.attempt: Deferred[Any] | None = None
         #: the timer of an outbound TLS handshake (epcat.run)
@@ -544,9 +559,10 @@ class Pair:
         if self._splice_ok():
             if self.preamble is not None:
                 a._held = [self.preamble(), *(a._held or ())]  # written first
-            self.splice = zero_copy.SpliceEngine(self.reactor, self)
-            self._on_event("fast-path", self, None)
-            self.splice.start()
+            if a._held or b._held or a.read_ended or b.read_ended:
+                self._start_splice()
+            else:
+                self.splice_waiting = True  # until the first byte or EOF
             return
         if self.preamble is not None and not b.lost:
             b.transport.write(self.preamble())
@@ -559,6 +575,16 @@ class Pair:
         for side in (a, b):
             if side.lost:
                 self._side_lost(side)
+
+    def _start_splice(self) -> None:
+        """
+        Hand the joined pair to the zero-copy engine, with what either side
+        has read so far (see L{RelaySide.dataReceived}).
+        """
+        self.splice_waiting = False
+        self.splice = zero_copy.SpliceEngine(self.reactor, self)
+        self._on_event("fast-path", self, None)
+        self.splice.start()
 
     def _relay_in_userspace(self, resume: bool = False) -> None:
         """

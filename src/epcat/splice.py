@@ -17,7 +17,9 @@ slow reader stops the fast writer (backpressure, at most one pipe's worth in
 flight); byte counts and the idle clock are kept on the pair.  A direction
 holds a pipe only while it has bytes to move: once drained, with nothing more
 to read, the pipe goes back to a small pool, so pairs at rest cost no file
-descriptors beyond their two sockets.
+descriptors beyond their two sockets.  A pair is handed to the engine at its
+first byte or EOF (L{epcat.relay.Pair.splice_waiting}): one that never moves
+data costs no engine at all.
 
 Linux only (splice(2), Python 3.10's C{os.splice}); L{eligible} says no
 elsewhere and the pair stays on the normal path.

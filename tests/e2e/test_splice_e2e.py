@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import ssl
 import threading
@@ -87,7 +86,7 @@ def test_backpressure_keeps_memory_bounded(epcat_proc, server):
     srv = server(backend)
     ep, port = _relay(epcat_proc, srv.address)
     client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-    ep.wait_stderr(re.escape(SPLICE_LINE))
+    ep.wait_stderr(r"\[1\] connected to ")  # joined (the engine starts at the first byte)
     before = _rss_kib(ep.pid)
     sent = 0
     client.settimeout(0.5)
@@ -106,6 +105,7 @@ def test_backpressure_keeps_memory_bounded(epcat_proc, server):
     client.shutdown(socket.SHUT_WR)
     assert srv.wait_results(1) == [total]
     client.close()
+    assert SPLICE_LINE in ep.err, ep.err
 
 
 @pytest.mark.timeout(60)
