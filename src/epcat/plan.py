@@ -134,7 +134,7 @@ def check_network(cidr: str, option: str) -> str:
     """
     Check one C{--allow}/C{--deny}/C{--proxy-trusted} value.
 
-    @param cidr: e.g. C{"127.0.0.0/8"}, C{"::1"}, C{"10.1.2.3"}.
+    @param cidr: e.g. C{"127.0.0.0/8"}, C{"::1"}, C{"192.0.2.3"}.
     @raise UsageError: it is not an IPv4 or IPv6 network.
     """
     import ipaddress

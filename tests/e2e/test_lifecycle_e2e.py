@@ -507,7 +507,7 @@ def test_max_connections_counts_connections_waiting_for_a_proxy_header(epcat_pro
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("access", [
     ["--deny", "127.0.0.0/8"],
-    ["--allow", "10.0.0.0/8"],  # --allow given: everything else is refused
+    ["--allow", "192.0.2.0/24"],  # --allow given: everything else is refused
 ], ids=["deny", "allow-other"])
 def test_refused_peer_is_closed_and_upstream_never_sees_it(epcat_proc, listener, access):
     """

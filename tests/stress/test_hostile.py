@@ -146,7 +146,7 @@ TAKES_VALUE = {"--idle-timeout", "--half-close-timeout", "--log-format", "--max-
                "--backoff-initial", "--backoff-max", "--backoff-factor", "--proxy-header"}
 OPTION_VALUES = st.one_of(
     st.sampled_from(["0", "1", "2.5", "-1", "nan", "inf", "1e999", "v1", "v2", "v3", "json",
-                     "text", "127.0.0.0/8", "::1/128", "10.0.0.0/33", "garbage", ""]),
+                     "text", "127.0.0.0/8", "::1/128", "192.0.2.0/33", "garbage", ""]),
     st.text(alphabet=ALPHABET, max_size=10),
 )
 

@@ -298,7 +298,7 @@ def test_concurrent_relayed_connections(epcat_proc, backend, splice):
 def test_idle_pair_costs_two_descriptors(epcat_proc, backend, splice):
     """
     A joined pair that has moved no data holds its two sockets and nothing
-    else (splice.py: pipes are made only when a direction first moves data).
+    else (splice.py: no pipe, and no engine, until a direction moves data).
     """
     n = 50
     be = backend()
@@ -309,7 +309,8 @@ def test_idle_pair_costs_two_descriptors(epcat_proc, backend, splice):
     socks = [socket.create_connection(("127.0.0.1", port), timeout=WAIT) for _ in range(n)]
     try:
         assert wait_until(lambda: be.stats()["open"] == n, timeout=WAIT)
-        time.sleep(0.3)  # joins are done once the backend has every connection
+        # every pair joined: a "connected" line each (and one for the warm-up)
+        assert wait_until(lambda: proc.err.count("] connected to ") == n + 1, timeout=WAIT)
         per_pair = (fd_count(proc.pid) - base) / n
         kinds = fd_kinds(proc.pid)
     finally:

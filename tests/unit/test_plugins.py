@@ -853,7 +853,7 @@ def test_environment_for_stdio() -> None:
 
 def test_environment_values_are_all_strings() -> None:
     env = environment_for(
-        transport_with(IPv4Address("TCP", "10.0.0.1", 1), IPv4Address("TCP", "10.0.0.2", 2)), 9
+        transport_with(IPv4Address("TCP", "192.0.2.1", 1), IPv4Address("TCP", "192.0.2.2", 2)), 9
     )
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
 

@@ -151,7 +151,8 @@ def handshake(server: SSL.Connection, client: SSL.Connection) -> None:
 # Twisted hands pyOpenSSL X509/PKey objects to the context: not ours to fix.
 @pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 def test_alpn_client_completes_a_handshake_with_a_twisted_server_context(fresh: None) -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme  # (a test dependency)
+
     from OpenSSL import crypto
     from twisted.internet.ssl import CertificateOptions
 
