@@ -459,14 +459,12 @@ class Nginx:
         self.big = big
 
 
-def _nginx_conf(root: Path, port: int, tls: TLSFiles | None) -> str:
-    ssl = ""
-    listen = f"listen 127.0.0.1:{port}"
-    if tls is not None:
-        listen += " ssl"
-        ssl = f"""
-        ssl_certificate {tls.cert};
-        ssl_certificate_key {tls.key};"""
+def nginx_conf(root: Path, servers: str, default_type: str) -> str:
+    """
+    An nginx configuration for a foreground, single-process nginx (no user
+    switch needed) with every path inside C{root}, around C{servers} (the
+    C{server} blocks of its C{http} block).
+    """
     return f"""
 daemon off;
 master_process off;
@@ -481,14 +479,26 @@ http {{
     fastcgi_temp_path {root}/tmp/fastcgi;
     uwsgi_temp_path {root}/tmp/uwsgi;
     scgi_temp_path {root}/tmp/scgi;
-    default_type application/octet-stream;
-    server {{
+    default_type {default_type};
+{servers}
+}}
+"""
+
+
+def _nginx_conf(root: Path, port: int, tls: TLSFiles | None) -> str:
+    ssl = ""
+    listen = f"listen 127.0.0.1:{port}"
+    if tls is not None:
+        listen += " ssl"
+        ssl = f"""
+        ssl_certificate {tls.cert};
+        ssl_certificate_key {tls.key};"""
+    server = f"""    server {{
         {listen};{ssl}
         root {root}/www;
         index index.html;
-    }}
-}}
-"""
+    }}"""
+    return nginx_conf(root, server, "application/octet-stream")
 
 
 def start_nginx(spawn: Callable[..., Proc], root: Path, tls: TLSFiles | None = None) -> Nginx:

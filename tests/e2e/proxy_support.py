@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 import pytest
 
-from .conftest import WAIT, Proc, free_port, require, wait_for_port
+from .conftest import WAIT, Proc, free_port, nginx_conf, require, wait_for_port
 
 #: proxy-protocol.txt section 2.2
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -150,38 +150,21 @@ class ProxyNginx:
 
 
 def _nginx_conf(root: Path, token: str, ports: dict[str, int]) -> str:
-    pp6 = ""
-    if "pp6" in ports:
-        pp6 = f"""
-    server {{
-        listen [::1]:{ports["pp6"]} proxy_protocol;
-        location / {{ return 200 "$proxy_protocol_addr $proxy_protocol_port"; }}
-    }}"""
-    return f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log notice;
-events {{ worker_connections 256; }}
-http {{
-    access_log {root}/access.log;
-    client_body_temp_path {root}/tmp/body;
-    proxy_temp_path {root}/tmp/proxy;
-    fastcgi_temp_path {root}/tmp/fastcgi;
-    uwsgi_temp_path {root}/tmp/uwsgi;
-    scgi_temp_path {root}/tmp/scgi;
-    default_type text/plain;
-    server {{
+    servers = f"""    server {{
         listen 127.0.0.1:{ports["plain"]};
         location / {{ return 200 "{token} $request"; }}
     }}
     server {{
         listen 127.0.0.1:{ports["pp"]} proxy_protocol;
         location / {{ return 200 "$proxy_protocol_addr $proxy_protocol_port"; }}
-    }}{pp6}
-}}
-"""
+    }}"""
+    if "pp6" in ports:
+        servers += f"""
+    server {{
+        listen [::1]:{ports["pp6"]} proxy_protocol;
+        location / {{ return 200 "$proxy_protocol_addr $proxy_protocol_port"; }}
+    }}"""
+    return nginx_conf(root, servers, "text/plain")
 
 
 def start_proxy_nginx(spawn: Callable[..., Proc], root: Path, ipv6: bool = False) -> ProxyNginx:
