@@ -4,6 +4,7 @@ epcat beside socat, haproxy and no relay at all, on loopback.
 
     python benchmarks/bench.py [--quick] [--rounds N] [--chart FILE.png]
                                [--candidates epcat,socat,socat-b256k,haproxy,direct]
+                               [--workloads startup,bulk,unix,http,memory]
                                [--json FILE]
 
 Candidates (each relays 127.0.0.1:RELAY to 127.0.0.1:BACKEND):
@@ -411,8 +412,9 @@ def run_tool(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str
 
 class Bench:
     def __init__(self, settings: Settings, candidates: list[str], tmp: Path,
-                 procs: Processes) -> None:
+                 procs: Processes, workloads: tuple[str, ...] | None = None) -> None:
         self.s = settings
+        self.workloads = workloads or self.WORKLOADS
         self.candidates = candidates
         self.tmp = tmp
         self.procs = procs
@@ -810,7 +812,7 @@ backend backend
             order = self.candidates[shift:] + self.candidates[:shift]
             progress(f"round {r + 1}/{self.s.rounds}: order {', '.join(order)}")
             self.references_round()
-            for workload in self.WORKLOADS:
+            for workload in self.workloads:
                 measure = getattr(self, f"w_{workload}")
                 for candidate in order:
                     t0 = time.monotonic()
@@ -1031,8 +1033,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="draw epcat, socat and haproxy normalised to socat (needs matplotlib)")
     p.add_argument("--candidates", default=",".join(ALL_CANDIDATES),
                    help=f"comma-separated, from {','.join(ALL_CANDIDATES)} (default: all)")
+    p.add_argument("--workloads", default=",".join(Bench.WORKLOADS),
+                   help=f"comma-separated, from {','.join(Bench.WORKLOADS)} (default: all)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every sample to FILE")
     args = p.parse_args(argv)
+    loads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    bad = [w for w in loads if w not in Bench.WORKLOADS]
+    if bad or not loads:
+        p.error(f"unknown workload(s) {', '.join(bad) or '(none)'}; "
+                f"choose from {', '.join(Bench.WORKLOADS)}")
+    args.workloads = tuple(dict.fromkeys(loads))
     cands = [c.strip() for c in args.candidates.split(",") if c.strip()]
     unknown = [c for c in cands if c not in ALL_CANDIDATES]
     if unknown or not cands:
@@ -1077,7 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="epcat-bench-"))
     procs = Processes(tmp)
-    bench = Bench(settings, list(args.candidates), tmp, procs)
+    bench = Bench(settings, list(args.candidates), tmp, procs, args.workloads)
     interrupted = False
     load_before = loadavg()
 

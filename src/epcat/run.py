@@ -295,6 +295,7 @@ class Runner:
         self.keylog: Callable[[Any, bytes], None] | None = None
         self.tap: Tap | None = None
         self._emfile_paused = False
+        self._zero_copy: bool | None = None  # (known once the tap is made)
 
     # -- entry
 
@@ -334,7 +335,8 @@ class Runner:
         self._install_signal_handlers()
         self._start_progress()
         if plan.mode == modes.RELAY:
-            return self._listen(server, clients[0])
+            lean_client = self._lean(clients[0])
+            return self._listen(server, lean_client or clients[0], lean=lean_client is not None)
         if plan.mode == modes.LISTEN:
             return self._listen(server, None)
         if plan.mode == modes.CONNECT:
@@ -399,8 +401,52 @@ class Runner:
 
         return ProxyHeaderEndpoint(inner, make_factory)
 
+    def _zero_copy_wanted(self) -> bool:
+        """
+        May pairs take the zero-copy path (L{epcat.splice}): nothing needs to
+        see their bytes?
+        """
+        wanted = self._zero_copy
+        if wanted is None:
+            wanted = self._zero_copy = (
+                self.tap is None and not self.plan.crlf and not os.environ.get("EPCAT_NO_SPLICE")
+            )
+        return wanted
+
+    def _lean(self, client: Any) -> Any:
+        """
+        The lean outbound endpoint (L{epcat.lean.TCPClient}) for a relay whose
+        every pair will be spliced: C{tcp:} to an IP address, a C{tcp:} or
+        C{unix:} listener, nothing that needs to see the bytes.  Such a relay
+        also accepts with lean sockets (see L{_listen}).
+
+        @param client: the parsed C{connect} endpoint.
+        @return: a L{epcat.lean.TCPClient}, or L{None} for Twisted's own
+            machinery (any other case, or C{EPCAT_NO_LEAN} set).
+        """
+        from epcat import splice
+
+        if (
+            not self._zero_copy_wanted()
+            or os.environ.get("EPCAT_NO_LEAN")
+            or not splice.available()
+            or endpoint_type(self.plan.listen or "") not in ("tcp", "tcp6", "unix")
+        ):
+            return None
+        from epcat import lean
+
+        return lean.tcp_client(client)
+
     @defer.inlineCallbacks
-    def _listen(self, server: Any, client: Any) -> Any:
+    def _listen(self, server: Any, client: Any, lean: bool = False) -> Any:
+        """
+        Listen, and relay every accepted connection to C{client} (or to
+        stdin/stdout when C{client} is L{None}).
+
+        @param lean: C{client} is a lean endpoint: accept with lean sockets
+            too (L{epcat.lean.accept_with_sockets}), when the port is a plain
+            TCP or UNIX one.
+        """
         plan = self.plan
         done: defer.Deferred[int] = defer.Deferred()
         runner = self
@@ -411,8 +457,9 @@ class Runner:
             def buildProtocol(self, addr: Any) -> RelaySide | None:
                 return runner._accept(addr, client, done)
 
+        factory = InboundFactory()
         try:
-            port = yield server.listen(InboundFactory())
+            port = yield server.listen(factory)
         except Exception as e:
             _, reason = classify(Failure(e))
             reason = _unix_listen_reason(plan.listen or "", reason)
@@ -420,6 +467,12 @@ class Runner:
                 ExitStatus.FAILURE, f"cannot listen on {plan.listen}: {reason}"
             ) from None
         self.ports.append(port)
+        if lean and getattr(port, "factory", None) is factory:
+            # (not under a TLS or PROXY-header wrapper, which has a factory
+            # of its own)
+            from epcat import lean as lean_sockets
+
+            lean_sockets.accept_with_sockets(port, on_exhausted=self._emfile_burst)
         self._bound_accept_batches(port)
         host = port.getHost()
         self.ui.info(
@@ -789,9 +842,7 @@ class Runner:
         pair.tap = self.tap
         pair.all_pairs = self.pairs
         # zero-copy when nothing needs to see the bytes (see epcat.splice)
-        pair.fast_path = (
-            self.tap is None and not self.plan.crlf and not os.environ.get("EPCAT_NO_SPLICE")
-        )
+        pair.fast_path = self._zero_copy_wanted()
         if self.plan.mode == modes.TUNNEL:
             pair.inbound.is_client = True
         self.pairs.add(pair)
@@ -885,6 +936,15 @@ class Runner:
             pair.preamble = lambda: encode_header(
                 version, None if pair.stdio_inbound else inbound.transport, pair.conn_id
             )
+
+        if getattr(client, "lean", False) and options.retry == 0 and (
+            options.connect_timeout is None
+        ):
+            # One plain attempt: nothing for Dial to add (epcat.lean).
+            attempt = client.connect(SideFactory(pair.outbound))
+            pair.attempt = attempt
+            attempt.addCallbacks(lambda _: self._attempt_done(pair, attempt), pair.outbound_failed)
+            return
 
         def retrying(failure: Failure, delay: float, attempt: int) -> None:
             self.reporter.retrying(pair, description, failure, delay, attempt)

@@ -62,8 +62,11 @@ def available() -> bool:
 def eligible(transport: Any) -> bool:
     """
     Is C{transport} a plain stream socket transport (Twisted's TCP or UNIX
-    connection, not TLS, not a wrapper, not stdio)?
+    connection or an L{epcat.lean.SocketTransport}; not TLS, not a wrapper,
+    not stdio)?
     """
+    if getattr(transport, "zero_copy", False):
+        return True  # epcat.lean.SocketTransport
     from twisted.internet import tcp
 
     return type(transport).__module__ in ("twisted.internet.tcp", "twisted.internet.unix") and (
@@ -78,15 +81,25 @@ class _End:
     descriptor.
     """
 
-    __slots__ = ("engine", "side", "transport", "fd", "reading", "writing")
+    __slots__ = ("engine", "side", "transport", "fd", "reading", "writing", "selectable")
 
     def __init__(self, engine: SpliceEngine, side: Any) -> None:
         self.engine = engine
         self.side = side
-        self.transport = side.transport
-        self.fd = self.transport.fileno()
-        self.reading = False
-        self.writing = False
+        transport = self.transport = side.transport
+        self.fd = transport.fileno()
+        hand_over = getattr(transport, "hand_over", None)
+        if hand_over is not None:
+            # An epcat.lean.SocketTransport stays registered with the reactor
+            # and passes its readiness on (no removing and adding again).
+            self.selectable = transport
+            self.reading, self.writing = hand_over(self)
+        else:
+            transport.stopReading()
+            transport.stopWriting()
+            self.selectable = self
+            self.reading = False
+            self.writing = False
 
     # the reactor's side
 
@@ -110,17 +123,27 @@ class _End:
 
     def want_read(self, on: bool) -> None:
         if on and not self.reading:
-            self.engine.reactor.addReader(self)
+            self.engine.reactor.addReader(self.selectable)
         elif not on and self.reading:
-            self.engine.reactor.removeReader(self)
+            self.engine.reactor.removeReader(self.selectable)
         self.reading = on
 
     def want_write(self, on: bool) -> None:
         if on and not self.writing:
-            self.engine.reactor.addWriter(self)
+            self.engine.reactor.addWriter(self.selectable)
         elif not on and self.writing:
-            self.engine.reactor.removeWriter(self)
+            self.engine.reactor.removeWriter(self.selectable)
         self.writing = on
+
+    def release(self) -> None:
+        """
+        The engine is done with the socket: no more interest in it, and a
+        lean transport handles its own readiness again.
+        """
+        self.want_read(False)
+        self.want_write(False)
+        if self.selectable is not self:
+            self.transport.take_back()
 
 
 class _Direction:
@@ -176,10 +199,7 @@ class SpliceEngine:
         """
         pair = self.pair
         a, b = pair.inbound, pair.outbound
-        for side in (a, b):
-            side.transport.stopReading()
-            side.transport.stopWriting()
-        end_a, end_b = _End(self, a), _End(self, b)
+        end_a, end_b = _End(self, a), _End(self, b)  # (the transports stop reading)
         self._ends = (end_a, end_b)
         held_a, held_b = a._take_held(), b._take_held()
         self.directions = (
@@ -198,8 +218,7 @@ class SpliceEngine:
             return
         self.stopped = True
         for end in self._ends:
-            end.want_read(False)
-            end.want_write(False)
+            end.release()
         for direction in self.directions:
             direction.close_pipe()
         self.pair.splice = None

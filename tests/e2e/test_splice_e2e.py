@@ -34,8 +34,17 @@ def _relay(epcat_proc, backend_address: str, *extra: str, env=None):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("no_splice", [False, True], ids=["splice", "userspace"])
-def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice):
+@pytest.mark.parametrize(
+    "no_splice, no_lean",
+    [(False, False), (False, True), (True, False)],
+    ids=["splice-lean-sockets", "splice-twisted-transports", "userspace"],
+)
+def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
+    """
+    32 MiB each way, the answer sent only after the upload's EOF: on the
+    zero-copy path with epcat's lean sockets (the default for tcp: to an IP
+    address), with Twisted's transports (EPCAT_NO_LEAN=1), and in userspace.
+    """
     size = 32 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
 
@@ -45,7 +54,11 @@ def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice):
         return hashlib.sha256(got).hexdigest()
 
     srv = server(backend)
-    env = dict(os.environ, EPCAT_NO_SPLICE="1") if no_splice else None
+    env = dict(os.environ)
+    if no_splice:
+        env["EPCAT_NO_SPLICE"] = "1"
+    if no_lean:
+        env["EPCAT_NO_LEAN"] = "1"
     ep, port = _relay(epcat_proc, srv.address, env=env)
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
         sender = threading.Thread(

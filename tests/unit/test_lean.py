@@ -1,0 +1,406 @@
+"""
+Tests for L{epcat.lean}: lean socket transports, accepting and connecting,
+driven by hand on real loopback sockets with an in-memory reactor (nothing
+runs a reactor; each test calls C{doRead}/C{doWrite} as the reactor would).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+    TimeoutError,
+)
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from epcat import lean
+
+WAIT = 10.0
+
+
+@implementer(IHalfCloseableProtocol)
+class Recorder(Protocol):
+    """Records what its transport tells it."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.events: list[str] = []
+        self.reason: Failure | None = None
+
+    def connectionMade(self) -> None:
+        self.events.append("made")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def readConnectionLost(self) -> None:
+        self.events.append("readConnectionLost")
+
+    def writeConnectionLost(self) -> None:
+        self.events.append("writeConnectionLost")
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.events.append("connectionLost")
+        self.reason = reason
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+def _readable(sock: socket.socket) -> None:
+    assert select.select([sock], [], [], WAIT)[0], "nothing to read in time"
+
+
+def _writable(sock: socket.socket) -> None:
+    assert select.select([], [sock], [], WAIT)[1], "not writable in time"
+
+
+@pytest.fixture
+def reactor() -> MemoryReactorClock:
+    return MemoryReactorClock()
+
+
+@pytest.fixture
+def pair(reactor: MemoryReactorClock) -> Any:
+    """A transport over one end of a socket pair, the other end, the protocol."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    transport = lean.SocketTransport(reactor, ours)
+    protocol = Recorder()
+    transport.attach(protocol)
+    yield transport, theirs, protocol
+    theirs.close()
+    if not transport.disconnected:
+        transport.connectionLost(Failure(ConnectionDone()))
+
+
+def test_attach_reads_and_makes_the_connection(reactor: Any, pair: Any) -> None:
+    transport, theirs, protocol = pair
+    assert protocol.events == ["made"]
+    assert protocol.transport is transport
+    assert transport in reactor.getReaders()
+
+
+def test_read_data_then_eof_is_a_half_close(reactor: Any, pair: Any) -> None:
+    transport, theirs, protocol = pair
+    theirs.sendall(b"hello")
+    _readable(transport.socket)
+    assert transport.doRead() is None
+    assert protocol.data == b"hello"
+    theirs.shutdown(socket.SHUT_WR)
+    _readable(transport.socket)
+    # (the reactor turns CONNECTION_DONE into readConnectionLost, as for
+    # any IHalfCloseableDescriptor)
+    assert transport.doRead() is CONNECTION_DONE
+    transport.readConnectionLost(Failure(ConnectionDone()))
+    assert protocol.events == ["made", "readConnectionLost"]
+    assert transport not in reactor.getReaders()
+    assert not transport.disconnected
+
+
+def test_read_error_is_connection_lost(reactor: Any) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        server.setblocking(False)
+        transport = lean.SocketTransport(reactor, server)
+        protocol = Recorder()
+        transport.attach(protocol)
+        # an abortive close from the peer: RST
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()
+        _readable(server)
+        assert transport.doRead() is CONNECTION_LOST
+        transport.connectionLost(Failure(ConnectionLost()))
+        assert transport.disconnected
+        assert protocol.events == ["made", "connectionLost"]
+    finally:
+        listener.close()
+
+
+def test_write_buffers_and_pauses_the_producer(reactor: Any, pair: Any) -> None:
+    transport, theirs, protocol = pair
+    producer = Producer()
+    transport.registerProducer(producer, True)
+    chunk = b"x" * (1 << 20)
+    for _ in range(16):  # more than the socket buffers hold
+        transport.write(chunk)
+    assert transport in reactor.getWriters()
+    assert producer.calls == ["pause"]
+    received = 0
+    theirs.setblocking(False)
+    while received < 16 * len(chunk):
+        _readable(theirs)
+        try:
+            while True:
+                received += len(theirs.recv(1 << 20))
+        except BlockingIOError:
+            pass
+        transport.doWrite()  # (as the reactor would, once writable)
+    assert received == 16 * len(chunk)
+    assert transport not in reactor.getWriters()
+    assert producer.calls == ["pause", "resume"]
+
+
+def test_lose_connection_flushes_first(reactor: Any, pair: Any) -> None:
+    transport, theirs, protocol = pair
+    transport.write(b"last words")
+    transport.loseConnection()
+    assert transport not in reactor.getReaders()
+    assert transport in reactor.getWriters()
+    assert transport.doWrite() is CONNECTION_DONE  # the reactor then calls connectionLost
+    transport.connectionLost(Failure(ConnectionDone()))
+    assert protocol.events == ["made", "connectionLost"]
+    assert protocol.reason.check(ConnectionDone)
+    theirs.settimeout(WAIT)
+    assert theirs.recv(100) == b"last words"
+    assert theirs.recv(100) == b""
+
+
+def test_lose_write_connection_half_closes(reactor: Any, pair: Any) -> None:
+    transport, theirs, protocol = pair
+    transport.write(b"request")
+    transport.loseWriteConnection()
+    assert transport.doWrite() is None
+    assert protocol.events == ["made", "writeConnectionLost"]
+    theirs.settimeout(WAIT)
+    assert theirs.recv(100) == b"request"
+    assert theirs.recv(100) == b""  # FIN
+    theirs.sendall(b"answer")  # the other direction still works
+    _readable(transport.socket)
+    transport.doRead()
+    assert protocol.data == b"answer"
+
+
+def test_abort_drops_the_buffer_and_reports_later(reactor: Any, pair: Any) -> None:
+    transport, theirs, protocol = pair
+    transport.abortConnection()
+    assert protocol.events == ["made"]  # not from inside abortConnection
+    reactor.advance(0)
+    assert protocol.events == ["made", "connectionLost"]
+    assert protocol.reason.check(ConnectionAborted)
+    assert transport.disconnected
+    assert transport.fileno() == -1
+
+
+def test_connection_lost_once(reactor: Any, pair: Any) -> None:
+    transport, theirs, protocol = pair
+    transport.connectionLost(Failure(ConnectionDone()))
+    transport.connectionLost(Failure(ConnectionDone()))
+    assert protocol.events == ["made", "connectionLost"]
+    theirs.settimeout(WAIT)
+    assert theirs.recv(1) == b""
+
+
+def test_addresses_of_a_unix_pair(pair: Any) -> None:
+    transport = pair[0]
+    assert transport.getPeer() == UNIXAddress(None)
+    assert transport.getHost() == UNIXAddress(None)
+
+
+def test_hand_over_passes_readiness_to_the_engine(reactor: Any, pair: Any) -> None:
+    transport, theirs, protocol = pair
+
+    class Engine:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def _readable(self, end: Any) -> None:
+            self.calls.append("readable")
+
+        def _writable(self, end: Any) -> None:
+            self.calls.append("writable")
+
+    class End:
+        engine = Engine()
+        lost: Failure | None = None
+
+        def connectionLost(self, reason: Failure) -> None:
+            self.lost = reason
+
+    end = End()
+    assert transport.hand_over(end) == (True, False)
+    theirs.sendall(b"for the engine")
+    transport.doRead()
+    transport.doWrite()
+    assert end.engine.calls == ["readable", "writable"]
+    assert protocol.data == b""  # the engine reads, not the transport
+    transport.connectionLost(Failure(ConnectionLost()))  # the reactor gave up
+    assert end.lost is not None and not transport.disconnected
+    transport.take_back()
+    transport.connectionLost(Failure(ConnectionDone()))
+    assert transport.disconnected
+
+
+def test_accept_with_sockets(reactor: Any) -> None:
+    built: list[Any] = []
+
+    class RecordingFactory(Factory):
+        def buildProtocol(self, addr: Any) -> Protocol | None:
+            built.append(addr)
+            return Recorder() if len(built) == 1 else None  # the second is refused
+
+    port = tcp.Port(0, RecordingFactory(), interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    try:
+        assert lean.accept_with_sockets(port)
+        address = port.getHost()
+        first = socket.create_connection((address.host, address.port))
+        second = socket.create_connection((address.host, address.port))
+        _readable(port.socket)
+        port.doRead()
+        assert len(built) == 2
+        assert built[0] == IPv4Address("TCP", "127.0.0.1", first.getsockname()[1])
+        transports = [r for r in reactor.getReaders() if isinstance(r, lean.SocketTransport)]
+        assert len(transports) == 1
+        accepted = transports[0]
+        assert accepted.getPeer() == built[0]
+        assert accepted.getHost() == IPv4Address("TCP", "127.0.0.1", address.port)
+        second.settimeout(WAIT)
+        assert second.recv(1) == b""  # refused: closed at once
+        accepted.connectionLost(Failure(ConnectionDone()))
+        first.close()
+        second.close()
+    finally:
+        port.socket.close()
+
+
+def test_accept_with_sockets_reports_exhaustion(reactor: Any) -> None:
+    port = tcp.Port(0, Factory.forProtocol(Recorder), interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    exhausted: list[bool] = []
+    real = port.socket
+
+    class Exhausted:
+        family = real.family
+
+        def accept(self) -> Any:
+            raise OSError(24, "Too many open files")
+
+    try:
+        port.socket = Exhausted()
+        assert lean.accept_with_sockets(port, on_exhausted=lambda: exhausted.append(True))
+        port.doRead()
+        assert exhausted == [True]
+    finally:
+        real.close()
+
+
+def test_accept_with_sockets_leaves_other_ports(reactor: Any) -> None:
+    class Other:
+        pass
+
+    assert not lean.accept_with_sockets(Other())
+
+
+def test_tcp_client_only_for_ip_addresses(reactor: Any) -> None:
+    client = lean.tcp_client(TCP4ClientEndpoint(reactor, "127.0.0.1", 80, timeout=5))
+    assert client is not None
+    assert (client.host, client.port, client.timeout) == ("127.0.0.1", 80, 5)
+    six = lean.tcp_client(TCP4ClientEndpoint(reactor, "::1", 80))
+    assert six is not None and six.family == socket.AF_INET6
+    assert lean.tcp_client(TCP4ClientEndpoint(reactor, "localhost", 80)) is None
+    assert lean.tcp_client(UNIXClientEndpoint(reactor, "/tmp/x")) is None
+
+
+def _connect(reactor: Any, port: int, timeout: float = 30) -> tuple[Deferred[Any], Any]:
+    client = lean.TCPClient(reactor, socket.AF_INET, "127.0.0.1", port, timeout)
+    factory = Factory.forProtocol(Recorder)
+    attempt = client.connect(factory)
+    connecting = [w for w in reactor.getWriters() if isinstance(w, lean._Connecting)]
+    return attempt, (connecting[0] if connecting else None)
+
+
+def test_tcp_client_connects(reactor: Any) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        attempt, connecting = _connect(reactor, listener.getsockname()[1])
+        results: list[Any] = []
+        attempt.addBoth(results.append)
+        _writable(connecting.sock)
+        connecting.doWrite()
+        (protocol,) = results
+        assert isinstance(protocol, Recorder) and protocol.events == ["made"]
+        transport = protocol.transport
+        assert isinstance(transport, lean.SocketTransport)
+        assert transport.getPeer() == IPv4Address("TCP", "127.0.0.1", listener.getsockname()[1])
+        assert connecting not in reactor.getWriters()
+        assert not reactor.getDelayedCalls()  # the timeout was cancelled
+        server, _ = listener.accept()
+        server.sendall(b"hi")
+        _readable(transport.socket)
+        transport.doRead()
+        assert protocol.data == b"hi"
+        transport.connectionLost(Failure(ConnectionDone()))
+        server.close()
+    finally:
+        listener.close()
+
+
+def test_tcp_client_refused(reactor: Any) -> None:
+    unused = socket.create_server(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()
+    attempt, connecting = _connect(reactor, port)
+    results: list[Any] = []
+    attempt.addBoth(results.append)
+    if connecting is not None:
+        _writable(connecting.sock)
+        connecting.doWrite()
+    (failure,) = results
+    assert failure.check(ConnectionRefusedError)
+    assert not reactor.getWriters()
+
+
+def test_tcp_client_timeout_and_cancel(reactor: Any) -> None:
+    # (the attempt stays pending until the reactor reports the socket
+    # writable, which nothing does here: only the clock can end it)
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        attempt, connecting = _connect(reactor, listener.getsockname()[1], timeout=5)
+        results: list[Any] = []
+        attempt.addBoth(results.append)
+        reactor.advance(4.9)
+        assert not results
+        reactor.advance(0.1)
+        assert results[0].check(TimeoutError)
+        assert connecting.sock.fileno() == -1  # closed
+
+        attempt2, _ = _connect(reactor, listener.getsockname()[1], timeout=5)
+        results2: list[Any] = []
+        attempt2.addBoth(results2.append)
+        attempt2.cancel()
+        assert results2[0].check(ConnectingCancelledError)
+        assert not reactor.getWriters()
+        assert not [c for c in reactor.getDelayedCalls() if c.active()]
+    finally:
+        listener.close()
