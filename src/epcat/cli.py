@@ -434,6 +434,7 @@ def go(plan: Any) -> None:
     The seam CLI tests patch, so that they never start a reactor.
     """
     import os
+    import select
 
     from epcat.workers import PORT_VARIABLE, supervise
 
@@ -444,6 +445,10 @@ def go(plan: Any) -> None:
 
     from epcat.ui import UI
 
+    if hasattr(select, "epoll"):
+        from epcat.reactor import install
+
+        install()  # (Twisted's epoll reactor, a leaner dispatch: epcat.reactor)
     ui = UI(plan.verbosity, plan.log_format)
     react(_react_main, (plan, ui))
 

@@ -257,6 +257,13 @@ class SocketTransport:
         self._reading = self._writing = False
         return interest
 
+    def closing(self) -> None:
+        """
+        The engine is about to call C{connectionLost}: a C{loseConnection}
+        from the protocol until then has nothing left to do.
+        """
+        self._closing = True
+
     def take_back(self) -> None:
         """
         The engine is done with the socket (its interest already dropped).
@@ -532,6 +539,10 @@ class TCPClient:
         self.port = port
         self.timeout = timeout
         self.bind_address = bind_address
+        #: attempts in progress and their deadlines (reactor seconds), in
+        #: the order they started, which is also their deadlines' order
+        self._deadlines: dict[_Connecting, float] = {}
+        self._sweeper: Any = None
         if family == socket.AF_INET:
             self.destination: Any = IPv4Address("TCP", host, port)
         else:
@@ -539,6 +550,33 @@ class TCPClient:
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
         return _Connecting(self, factory).result
+
+    # One timer for all attempts, not a DelayedCall made and cancelled for
+    # each: every attempt of this endpoint has the same timeout, so their
+    # deadlines come in the order they started.
+
+    def _watch(self, attempt: _Connecting) -> None:
+        timeout = self.timeout
+        if not timeout:
+            return
+        self._deadlines[attempt] = self.reactor.seconds() + timeout
+        if self._sweeper is None:
+            self._sweeper = self.reactor.callLater(timeout, self._sweep)
+
+    def _unwatch(self, attempt: _Connecting) -> None:
+        self._deadlines.pop(attempt, None)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.reactor.seconds()
+        deadlines = self._deadlines
+        while deadlines:
+            attempt, deadline = next(iter(deadlines.items()))
+            if deadline > now:
+                self._sweeper = self.reactor.callLater(deadline - now, self._sweep)
+                return
+            del deadlines[attempt]
+            attempt._timed_out()
 
 
 @implementer(IReadWriteDescriptor)
@@ -549,17 +587,17 @@ class _Connecting:
     tells how it went.
     """
 
-    __slots__ = ("client", "factory", "sock", "fd", "result", "timer", "done", "watching")
+    __slots__ = ("client", "factory", "sock", "fd", "result", "done", "watching")
 
     def __init__(self, client: TCPClient, factory: Any) -> None:
         self.client = client
         self.factory = factory
-        self.timer: Any = None
         self.done = False
         self.watching = False
         self.result: defer.Deferred[Any] = defer.Deferred(self._cancel)
         try:
-            sock = socket.socket(client.family, socket.SOCK_STREAM)
+            # (non-blocking from the start: no fcntl call of its own)
+            sock = socket.socket(client.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
             self.sock = None
             self.fd = -1
@@ -567,7 +605,6 @@ class _Connecting:
             return
         self.sock = sock
         self.fd = sock.fileno()
-        sock.setblocking(False)
         try:
             if client.bind_address is not None:
                 sock.bind(client.bind_address)
@@ -580,8 +617,7 @@ class _Connecting:
             return
         client.reactor.addWriter(self)
         self.watching = True
-        if client.timeout:
-            self.timer = client.reactor.callLater(client.timeout, self._timed_out)
+        client._watch(self)
 
     # the reactor's side
 
@@ -627,9 +663,7 @@ class _Connecting:
         if self.watching:
             self.watching = False
             self.client.reactor.removeWriter(self)
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+            self.client._unwatch(self)
 
     def _fail(self, exception: Exception) -> None:
         self._stop()
@@ -639,7 +673,6 @@ class _Connecting:
             self.result.errback(Failure(exception))
 
     def _timed_out(self) -> None:
-        self.timer = None
         self._fail(error.TimeoutError())
 
     def _cancel(self, result: defer.Deferred[Any]) -> None:

@@ -432,18 +432,16 @@ class Pair:
     done when both connections are gone.
 
     @ivar conn_id: a number that names this pair in logs.
-    @ivar done: a L{Deferred} that fires with this pair when both sides are
-        gone (or one side is gone and the other never came).
     @ivar first_closer: the role of the side whose input ended first.
     """
 
     # (a pair is made for every connection: slots keep it small)
     __slots__ = (
         "reactor", "conn_id", "idle_timeout", "half_close_timeout", "close_reason", "_timers",
-        "inbound", "outbound", "done", "started_at", "last_activity", "first_closer", "joined",
+        "inbound", "outbound", "started_at", "last_activity", "first_closer", "joined",
         "inbound_description", "outbound_description", "stdio_inbound", "quiet", "preamble",
         "eof_closes", "tap", "all_pairs", "fast_path", "splice", "outbound_failure", "attempt",
-        "handshake_timer", "splice_waiting", "_on_event", "_finished",
+        "handshake_timer", "splice_waiting", "_on_event", "_finished", "_done", "_done_fired",
     )
 
     def __init__(
@@ -477,7 +475,9 @@ class Pair:
         self._timers: dict[str, Any] = {}
         self.inbound = RelaySide(self, "inbound", inbound_half_close)
         self.outbound = RelaySide(self, "outbound", outbound_half_close)
-        self.done: Deferred[Pair] = Deferred()
+        #: (made when someone asks for it: most pairs are never waited on)
+        self._done: Deferred[Pair] | None = None
+        self._done_fired = False
         self.started_at = reactor.seconds()
         self.last_activity = self.started_at
         self.first_closer: str | None = None
@@ -513,6 +513,19 @@ class Pair:
         self.handshake_timer: Any = None
         self._on_event = on_event or _no_event
         self._finished = False
+
+    @property
+    def done(self) -> Deferred[Pair]:
+        """
+        A L{Deferred} that fires with this pair when both sides are gone (or
+        one side is gone and the other never came).
+        """
+        done = self._done
+        if done is None:
+            done = self._done = Deferred()
+            if self._done_fired:
+                done.callback(self)
+        return done
 
     def pairs_open(self) -> int:
         """How many pairs are open, this one included."""
@@ -688,7 +701,9 @@ class Pair:
         if self.tap is not None:
             self.tap.closed(self)
         self._on_event("closed", self, None)
-        self.done.callback(self)
+        self._done_fired = True
+        if self._done is not None:
+            self._done.callback(self)
 
     # timeouts
 

@@ -81,11 +81,16 @@ class _End:
     descriptor.
     """
 
-    __slots__ = ("engine", "side", "transport", "fd", "reading", "writing", "selectable")
+    __slots__ = (
+        "engine", "side", "transport", "fd", "reading", "writing", "selectable", "reads", "writes",
+    )
 
     def __init__(self, engine: SpliceEngine, side: Any) -> None:
         self.engine = engine
         self.side = side
+        #: the direction this socket is the source of, and the sink of
+        self.reads: _Direction | None = None
+        self.writes: _Direction | None = None
         transport = self.transport = side.transport
         self.fd = transport.fileno()
         hand_over = getattr(transport, "hand_over", None)
@@ -206,6 +211,8 @@ class SpliceEngine:
             _Direction(end_a, end_b, held_a, a.read_ended),
             _Direction(end_b, end_a, held_b, b.read_ended),
         )
+        end_a.reads = end_b.writes = self.directions[0]
+        end_b.reads = end_a.writes = self.directions[1]
         for direction in self.directions:
             self._pump(direction)
 
@@ -226,14 +233,14 @@ class SpliceEngine:
     # readiness
 
     def _readable(self, end: _End) -> None:
-        for direction in self.directions:
-            if direction.source is end:
-                self._pump(direction, readable=True)
+        direction = end.reads
+        if direction is not None:
+            self._pump(direction, True)
 
     def _writable(self, end: _End) -> None:
-        for direction in self.directions:
-            if direction.sink is end:
-                self._pump(direction)
+        direction = end.writes
+        if direction is not None:
+            self._pump(direction)
 
     # the pump
 
@@ -258,7 +265,7 @@ class SpliceEngine:
                         # The last read took less than the pipe holds: the
                         # socket was empty then.  Wait for the reactor (level-
                         # triggered) instead of a read that would say EAGAIN.
-                        raise BlockingIOError(errno.EAGAIN, "drained")
+                        break
                     continue
                 if d.eof:
                     self._direction_ended(d)
@@ -283,9 +290,15 @@ class SpliceEngine:
                 d.in_pipe += moved
                 d.source.side.bytes_received += moved
                 self.pair.last_activity = self.reactor.seconds()
-            # more may be waiting: let the reactor call again
-            busy = bool(d.in_pipe or d.pending)
-            self._interest(d, read=not busy, write=busy)
+            else:
+                # more may be waiting: let the reactor call again
+                busy = bool(d.in_pipe or d.pending)
+                self._interest(d, read=not busy, write=busy)
+                return
+            # drained: at rest until the source is readable again, holding
+            # no pipe (the common end of a request or a response)
+            d.close_pipe()
+            self._interest(d, read=True, write=False)
         except BlockingIOError:
             blocked_on_write = bool(d.in_pipe or d.pending)
             if not blocked_on_write:
@@ -314,8 +327,11 @@ class SpliceEngine:
     def _interest(self, d: _Direction, read: bool, write: bool) -> None:
         # (each socket is the source of one direction and the sink of the
         # other, so read interest belongs to one direction, write to the other)
-        d.source.want_read(read)
-        d.sink.want_write(write)
+        source, sink = d.source, d.sink
+        if source.reading != read:
+            source.want_read(read)
+        if sink.writing != write:
+            sink.want_write(write)
 
     def _direction_ended(self, d: _Direction) -> None:
         """
@@ -355,7 +371,14 @@ class SpliceEngine:
         reading from as lost.)
         """
         self.stop()
-        for side in (self.pair.inbound, self.pair.outbound):
+        sides = (self.pair.inbound, self.pair.outbound)
+        for side in sides:
+            closing = getattr(side.transport, "closing", None)
+            if closing is not None:
+                # (a lean transport: the first side's connectionLost closes
+                # the other, which need not wait for the reactor to do it)
+                closing()
+        for side in sides:
             side.transport.unregisterProducer()
             if not side.lost:
                 # (Twisted's shared Failure(ConnectionDone()))

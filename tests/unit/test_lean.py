@@ -354,7 +354,7 @@ def test_tcp_client_connects(reactor: Any) -> None:
         assert isinstance(transport, lean.SocketTransport)
         assert transport.getPeer() == IPv4Address("TCP", "127.0.0.1", listener.getsockname()[1])
         assert connecting not in reactor.getWriters()
-        assert not reactor.getDelayedCalls()  # the timeout was cancelled
+        assert not connecting.client._deadlines  # no longer timed
         server, _ = listener.accept()
         server.sendall(b"hi")
         _readable(transport.socket)
@@ -401,6 +401,29 @@ def test_tcp_client_timeout_and_cancel(reactor: Any) -> None:
         attempt2.cancel()
         assert results2[0].check(ConnectingCancelledError)
         assert not reactor.getWriters()
+        assert not connecting.client._deadlines
+    finally:
+        listener.close()
+
+
+def test_tcp_client_one_timer_for_many_attempts(reactor: Any) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = lean.TCPClient(reactor, socket.AF_INET, "127.0.0.1",
+                                listener.getsockname()[1], timeout=5)
+        factory = Factory.forProtocol(Recorder)
+        results: list[Any] = []
+        client.connect(factory).addBoth(results.append)
+        reactor.advance(2)
+        client.connect(factory).addBoth(results.append)
+        assert len([c for c in reactor.getDelayedCalls() if c.active()]) == 1
+        reactor.advance(3)  # the first attempt's deadline
+        assert len(results) == 1 and results[0].check(TimeoutError)
+        reactor.advance(1.9)
+        assert len(results) == 1
+        reactor.advance(0.1)  # the second's, two seconds later
+        assert len(results) == 2 and results[1].check(TimeoutError)
+        assert not client._deadlines
         assert not [c for c in reactor.getDelayedCalls() if c.active()]
     finally:
         listener.close()
