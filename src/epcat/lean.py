@@ -109,16 +109,19 @@ class SocketTransport:
         "_half_close", "_end",
     )
 
-    def __init__(self, reactor: Any, sock: socket.socket, peer: Any = None) -> None:
+    def __init__(self, reactor: Any, sock: socket.socket, peer: Any = None,
+                 family: int | None = None) -> None:
         """
         @param reactor: an C{IReactorFDSet} provider.
         @param sock: a connected, non-blocking stream socket.
         @param peer: the peer's Twisted address, if known.
+        @param family: the socket's address family, if known (asking the
+            socket makes an enum each time).
         """
         self.reactor = reactor
         self.socket = sock
         self.fd = sock.fileno()
-        self.family = sock.family
+        self.family = sock.family if family is None else family
         self.protocol: Any = None
         self.disconnected = False
         self.connected = 1
@@ -446,9 +449,16 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
         return False
     reactor = port.reactor
     listening = port.socket
-    family = listening.family
+    family = int(listening.family)
+    kind = int(listening.type)
     factory = port.factory
-    accept = listening.accept
+    # (socket.accept() without its wrapper, which asks the listening socket
+    # for its family and type, each an enum conversion, at every call)
+    accept = getattr(listening, "_accept", None)
+    make = socket.socket
+    if accept is None:
+        accept = listening.accept
+        make = None
 
     def doRead() -> None:
         for _ in range(port.numberAccepts):
@@ -462,13 +472,15 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
                 if e.errno in _ACCEPT_EXHAUSTED and on_exhausted is not None:
                     on_exhausted()
                 return
+            if make is not None:
+                sock = make(family, kind, 0, sock)  # (a descriptor, from _accept)
             peer = address_of(family, address)
             protocol = factory.buildProtocol(peer)
             if protocol is None:
                 sock.close()
                 continue
             sock.setblocking(False)
-            SocketTransport(reactor, sock, peer).attach(protocol)
+            SocketTransport(reactor, sock, peer, family).attach(protocol)
 
     port.doRead = doRead
     return True
@@ -645,7 +657,8 @@ class _Connecting:
             sock.close()
             self.result.errback(Failure(error.ConnectionClosed()))
             return
-        SocketTransport(self.client.reactor, sock, self.client.destination).attach(protocol)
+        client = self.client
+        SocketTransport(client.reactor, sock, client.destination, client.family).attach(protocol)
         self.result.callback(protocol)
 
     def connectionLost(self, reason: Failure) -> None:

@@ -103,11 +103,18 @@ class Reporter:
         self.tunnel = tunnel
         self.totals = Totals()
         self.stopping = False
+        #: event name -> handler, looked up once (an event comes several
+        #: times per connection)
+        self._handlers = {
+            name[4:].replace("_", "-"): getattr(self, name)
+            for name in dir(self)
+            if name.startswith("_on_")
+        }
 
     # -- events
 
     def on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
-        handler = getattr(self, f"_on_{event.replace('-', '_')}", None)
+        handler = self._handlers.get(event)
         if handler is not None:
             handler(pair, side)
 

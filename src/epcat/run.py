@@ -296,6 +296,7 @@ class Runner:
         self.tap: Tap | None = None
         self._emfile_paused = False
         self._zero_copy: bool | None = None  # (known once the tap is made)
+        self._needs_session: bool | None = None  # (see _wants_handshake_first)
 
     # -- entry
 
@@ -892,11 +893,13 @@ class Runner:
         A v2 PROXY header describes the inbound TLS session, so with a TLS
         inbound side the outbound connection waits for the handshake.
         """
-        options = self.plan.options_for(1 if self.plan.mode == modes.TUNNEL else 0)
-        needs_session = options.proxy_header == "v2" or (
-            # an exec: child is told the TLS peer's certificate subject
-            bool(self.plan.connect) and endpoint_type(self.plan.connect[-1]) == "exec"
-        )
+        needs_session = self._needs_session
+        if needs_session is None:
+            options = self.plan.options_for(1 if self.plan.mode == modes.TUNNEL else 0)
+            needs_session = self._needs_session = options.proxy_header == "v2" or (
+                # an exec: child is told the TLS peer's certificate subject
+                bool(self.plan.connect) and endpoint_type(self.plan.connect[-1]) == "exec"
+            )
         return (
             needs_session
             and pair.inbound.half_close == HALF_CLOSE_TLS

@@ -302,8 +302,9 @@ def test_accept_with_sockets_reports_exhaustion(reactor: Any) -> None:
 
     class Exhausted:
         family = real.family
+        type = real.type
 
-        def accept(self) -> Any:
+        def _accept(self) -> Any:
             raise OSError(24, "Too many open files")
 
     try:
