@@ -51,6 +51,8 @@ _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 
+_splice = getattr(os, "splice", None)
+
 
 def available() -> bool:
     """
@@ -233,9 +235,56 @@ class SpliceEngine:
     # readiness
 
     def _readable(self, end: _End) -> None:
-        direction = end.reads
-        if direction is not None:
-            self._pump(direction, True)
+        d = end.reads
+        if d is None:
+            return
+        if d.pipe is None and not (d.pending or d.eof or d.done or self.stopped):
+            self._move_once(d)
+        else:
+            self._pump(d, True)
+
+    def _move_once(self, d: _Direction) -> None:
+        """
+        The common case of L{_pump}, for a direction at rest whose source
+        became readable (a request, a response): one read into a pipe, one
+        write out of it, and the pipe back to the pool, with the interest
+        left as it is (reading the source, not waiting on the sink).
+        Anything else (EOF, a sink that takes less, a read that fills the
+        pipe) goes on in L{_pump}.
+        """
+        try:
+            pipe = _pool.pop() if _pool else _make_pipe()
+        except OSError:
+            self._pump(d, True)  # (out of descriptors: its fallback)
+            return
+        try:
+            moved = _splice(d.source.fd, pipe[1], pipe[2], flags=_FLAGS)
+        except BlockingIOError:
+            _release_pipe(pipe)
+            return
+        except OSError as e:
+            _release_pipe(pipe)
+            self._failed(d.source, Failure(e))
+            return
+        if moved:
+            d.source.side.bytes_received += moved
+            self.pair.last_activity = self.reactor.seconds()
+            try:
+                written = _splice(pipe[0], d.sink.fd, moved, flags=_FLAGS)
+            except BlockingIOError:
+                written = 0
+            except OSError as e:
+                d.pipe, d.in_pipe = pipe, moved
+                self._failed(d.sink, Failure(e))
+                return
+            if written == moved and moved < pipe[2]:
+                _release_pipe(pipe)  # drained: at rest again
+                return
+            d.in_pipe = moved - written
+        else:
+            d.eof = True
+        d.pipe = pipe
+        self._pump(d)
 
     def _writable(self, end: _End) -> None:
         direction = end.writes
