@@ -690,9 +690,13 @@ class Pair:
     def _maybe_finish(self) -> None:
         if self._finished:
             return
-        sides_gone = all(s.lost or s.connected_at is None for s in (self.inbound, self.outbound))
-        if not sides_gone or self.attempt is not None:
-            return
+        a, b = self.inbound, self.outbound
+        if (
+            not (a.lost or a.connected_at is None)
+            or not (b.lost or b.connected_at is None)
+            or self.attempt is not None
+        ):
+            return  # (a side still open, or the outbound attempt going on)
         self._finished = True
         for timer in self._timers.values():
             if timer.active():

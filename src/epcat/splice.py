@@ -216,7 +216,10 @@ class SpliceEngine:
         end_a.reads = end_b.writes = self.directions[0]
         end_b.reads = end_a.writes = self.directions[1]
         for direction in self.directions:
-            self._pump(direction)
+            if direction.pending or direction.eof:
+                self._pump(direction)
+            else:
+                self._interest(direction, read=True, write=False)  # at rest
 
     def stop(self) -> None:
         """
