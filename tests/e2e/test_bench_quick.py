@@ -119,6 +119,30 @@ def test_quick_run_prints_the_table(tmp_path: Path) -> None:
     assert not leftovers, leftovers
 
 
+@pytest.mark.timeout(120)
+def test_workloads_option(tmp_path: Path) -> None:
+    """
+    --workloads runs only the named workloads (the rest of the table stays
+    empty); an unknown name is a usage error.
+    """
+    code, out, err = run_bench(["--workloads", "bulk,nosuch"], timeout=60, tmpdir=tmp_path)
+    assert code == 2, (code, out, err)
+    assert "unknown workload(s) nosuch" in err
+
+    tmpdir = Path(tempfile.mkdtemp(prefix="eb-"))
+    try:
+        code, out, err = run_bench(["--quick", "--candidates", "epcat", "--workloads", "startup"],
+                                   timeout=100, tmpdir=tmpdir)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in out.splitlines() if line.startswith("| ") and "|" in line[2:]}
+    startup = [label for label in rows if label.startswith("start-up:")]
+    assert startup and all(NUMBER.match(rows[label]) for label in startup), rows
+    assert rows[next(label for label in rows if label.startswith("bulk TCP"))] == "", rows
+
+
 def processes_mentioning(text: str) -> list[str]:
     found = []
     for entry in os.listdir("/proc"):
