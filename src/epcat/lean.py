@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 from typing import Any
 
 from twisted.internet import defer, error
@@ -54,6 +55,9 @@ READ_SIZE = 65536
 
 #: buffered bytes past which the registered producer is paused
 WRITE_HIGH_WATER = 65536
+
+#: SO_LINGER on, 0 seconds: close(2) resets the connection (struct linger)
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 #: errors of accept(2) that mean "no descriptor or memory for now"
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -106,7 +110,7 @@ class SocketTransport:
         "reactor", "socket", "fd", "protocol", "family", "disconnected", "connected",
         "_peer", "_host", "_reading", "_writing", "_buffer", "_buffered", "_producer",
         "_paused_producer", "_closing", "_aborting", "_write_closing", "_write_closed",
-        "_half_close", "_end",
+        "_half_close", "_end", "_ended",
     )
 
     def __init__(self, reactor: Any, sock: socket.socket, peer: Any = None,
@@ -140,6 +144,7 @@ class SocketTransport:
         self._half_close = False
         #: the splice engine's end (L{epcat.splice._End}) while it owns the socket
         self._end: Any = None
+        self._ended = False
 
     def attach(self, protocol: Any) -> None:
         """
@@ -232,8 +237,21 @@ class SocketTransport:
         self.stopReading()
         self.stopWriting()
         self._buffer = []
+        sock = self.socket
+        # As Twisted's tcp._SocketCloser: an abort resets the connection
+        # (SO_LINGER 1, 0); an orderly close shuts both directions down first,
+        # so that the peer sees a FIN before any reset that close() sends
+        # for bytes left unread -- unless the splice engine has already
+        # ended both directions (nothing is left to read or to send).
         try:
-            self.socket.close()
+            if self._aborting:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            elif not self._ended:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            sock.close()
         except OSError:
             pass
         protocol, self.protocol = self.protocol, None
@@ -262,10 +280,13 @@ class SocketTransport:
 
     def closing(self) -> None:
         """
-        The engine is about to call C{connectionLost}: a C{loseConnection}
-        from the protocol until then has nothing left to do.
+        The engine has ended both directions (EOF read, C{shutdown(SHUT_WR)}
+        sent) and is about to call C{connectionLost}: a C{loseConnection}
+        from the protocol until then has nothing left to do, and the socket
+        needs no shutdown before it is closed.
         """
         self._closing = True
+        self._ended = True
 
     def take_back(self) -> None:
         """

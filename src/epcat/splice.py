@@ -424,12 +424,13 @@ class SpliceEngine:
         """
         self.stop()
         sides = (self.pair.inbound, self.pair.outbound)
-        for side in sides:
-            closing = getattr(side.transport, "closing", None)
-            if closing is not None:
-                # (a lean transport: the first side's connectionLost closes
-                # the other, which need not wait for the reactor to do it)
-                closing()
+        if self.directions[0].done and self.directions[1].done:
+            for side in sides:
+                closing = getattr(side.transport, "closing", None)
+                if closing is not None:
+                    # (a lean transport: the first side's connectionLost
+                    # closes the other, which need not wait for the reactor)
+                    closing()
         for side in sides:
             side.transport.unregisterProducer()
             if not side.lost:

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from .conftest import WAIT, no_traceback, recv_all
+from .conftest import WAIT, free_port, no_traceback, recv_all
 
 pytestmark = pytest.mark.e2e
 
@@ -174,3 +174,25 @@ def test_fallback_with_tls(epcat_proc, server, tls_files):
             answer += data
     assert answer == b"through tls"
     assert SPLICE_LINE not in ep.err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("no_lean", [False, True], ids=["lean-sockets", "twisted-transports"])
+def test_refused_outbound_closes_the_client_cleanly(epcat_proc, no_lean):
+    """
+    The backend refuses: the client that already sent bytes gets a FIN (an
+    orderly close), not a reset, and epcat says why once.
+    """
+    unused = free_port()
+    env = dict(os.environ)
+    if no_lean:
+        env["EPCAT_NO_LEAN"] = "1"
+    ep = epcat_proc("-v", "listen", "tcp:0:interface=127.0.0.1", "connect",
+                    f"tcp:127.0.0.1:{unused}", env=env)
+    port = ep.port()
+    for n in range(1, 6):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+            client.sendall(b"request before the refusal\n")
+            assert recv_all(client) == b""  # EOF; a reset would raise
+        ep.wait_stderr(rf"\[{n}\] cannot connect to tcp:127\.0\.0\.1:{unused}: connection refused")
+    no_traceback(ep.err)

@@ -428,3 +428,46 @@ def test_tcp_client_one_timer_for_many_attempts(reactor: Any) -> None:
         assert not [c for c in reactor.getDelayedCalls() if c.active()]
     finally:
         listener.close()
+
+
+def test_orderly_close_shuts_down_before_closing(reactor: Any) -> None:
+    """
+    Bytes left unread when a transport is closed: the peer still sees the
+    FIN first (shutdown before close, as Twisted's TCP transport does), not
+    only a reset.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        server.setblocking(False)
+        transport = lean.SocketTransport(reactor, server)
+        transport.attach(Recorder())
+        transport.stopReading()
+        client.sendall(b"never read")
+        transport.loseConnection()
+        assert transport.doWrite() is CONNECTION_DONE
+        transport.connectionLost(Failure(ConnectionDone()))
+        client.settimeout(WAIT)
+        assert client.recv(100) == b""  # EOF, not ECONNRESET
+        client.close()
+    finally:
+        listener.close()
+
+
+def test_abort_resets(reactor: Any) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        server.setblocking(False)
+        transport = lean.SocketTransport(reactor, server)
+        transport.attach(Recorder())
+        transport.abortConnection()
+        reactor.advance(0)
+        client.settimeout(WAIT)
+        with pytest.raises(ConnectionResetError):
+            client.recv(100)
+        client.close()
+    finally:
+        listener.close()
