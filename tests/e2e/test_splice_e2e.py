@@ -196,3 +196,39 @@ def test_refused_outbound_closes_the_client_cleanly(epcat_proc, no_lean):
             assert recv_all(client) == b""  # EOF; a reset would raise
         ep.wait_stderr(rf"\[{n}\] cannot connect to tcp:127\.0\.0\.1:{unused}: connection refused")
     no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+def test_unix_listener_to_tcp(epcat_proc, server, short_dir):
+    """
+    A unix: listener relaying to tcp: (lean sockets on both sides, spliced):
+    8 MiB each way with half-close, and the peer of the accepted connection
+    reported as UNIX.
+    """
+    size = 8 * 1024 * 1024
+    upload, download = os.urandom(size), os.urandom(size)
+
+    def backend(conn: socket.socket) -> str:
+        got = recv_all(conn)
+        conn.sendall(download)
+        return hashlib.sha256(got).hexdigest()
+
+    srv = server(backend)
+    path = short_dir / "relay.sock"
+    ep = epcat_proc("-vv", "listen", f"unix:{path}", "connect", f"tcp:{srv.address}")
+    ep.listening()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(WAIT)
+        client.connect(str(path))
+        sender = threading.Thread(
+            target=lambda: (client.sendall(upload), client.shutdown(socket.SHUT_WR)), daemon=True
+        )
+        sender.start()
+        received = recv_all(client)
+        sender.join(WAIT)
+    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+    ep.wait_stderr(r"\[1\] closed: 8388608 bytes inbound->outbound, 8388608 bytes")
+    assert f"[1] accepted unix:(unnamed) on {path}" in ep.err, ep.err
+    assert SPLICE_LINE in ep.err, ep.err
+    no_traceback(ep.err)
