@@ -7,7 +7,10 @@ C{EPollReactor.doPoll} wraps every event in C{log.callWithLogger}, which
 asks the descriptor for its C{logPrefix()}, pushes a context dictionary for
 Twisted's legacy logging (C{twisted.python.context}) and pops it again:
 about 2 us of Python per event, a tenth of what a kept-alive request costs
-epcat.  epcat shows Twisted's log messages only at C{-vv}, where a message
+epcat.  The plain events (readable, or writable, with no hang-up or error
+flag) also go straight to C{doRead}/C{doWrite}, with the same handling of
+what they return or raise as C{_PollLikeMixin._doReadOrWrite}, which still
+handles every other event.  epcat shows Twisted's log messages only at C{-vv}, where a message
 logged from inside a handler now has the system C{"-"} rather than the
 descriptor's prefix; an exception escaping a handler is still logged
 (C{log.err}) and the descriptor is disconnected, as Twisted does.  Everything
@@ -17,10 +20,16 @@ else (registration, the main loop, timers, signals, threads) is Twisted's.
 from __future__ import annotations
 
 import errno
+import select
+import sys
 from typing import Any
 
 from twisted.internet import epollreactor
 from twisted.python import log
+
+
+_IN = getattr(select, "EPOLLIN", 1)
+_OUT = getattr(select, "EPOLLOUT", 4)
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -48,12 +57,26 @@ class EPollReactor(epollreactor.EPollReactor):
             if selectable is None:
                 continue
             try:
-                dispatch(selectable, fd, event)
+                if event in (_IN, _OUT):
+                    # The common events, readable or writable and nothing
+                    # else (no hang-up, no error), handled as
+                    # _doReadOrWrite handles them, without its checks for
+                    # the rest.
+                    in_read = event == _IN
+                    try:
+                        why = selectable.doRead() if in_read else selectable.doWrite()
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        log.err()
+                    if why:
+                        self._disconnectSelectable(selectable, why, in_read)
+                else:
+                    dispatch(selectable, fd, event)
             except KeyboardInterrupt:
                 raise
             except BaseException:
-                # (what callWithLogger does; _doReadOrWrite has already
-                # disconnected a descriptor whose handler raised)
+                # (what callWithLogger does; a descriptor whose handler
+                # raised has already been disconnected)
                 log.err(None, "Unhandled error in a reactor event handler")
 
     doIteration = doPoll

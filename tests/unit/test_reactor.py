@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 import pytest
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.python import log
 from twisted.python.failure import Failure
@@ -86,3 +87,26 @@ def test_a_failing_handler_is_logged_and_disconnected(reactor: Any) -> None:
 
 def test_timeout_with_nothing_ready(reactor: Any) -> None:
     reactor.doIteration(0)  # returns at once, nothing to dispatch
+
+
+def test_what_a_handler_returns_disconnects(reactor: Any) -> None:
+    """
+    A doRead that returns CONNECTION_DONE (EOF) disconnects the descriptor,
+    as Twisted's own dispatch does: half-closeable descriptors hear of it as
+    readConnectionLost, others as connectionLost.
+    """
+    from twisted.internet.main import CONNECTION_DONE
+
+    class EOFReader(Reader):
+        def doRead(self) -> Any:
+            self.sock.recv(100)
+            return CONNECTION_DONE
+
+    a, b = socket.socketpair()
+    with a, b:
+        reader = EOFReader(a)
+        reactor.addReader(reader)
+        b.sendall(b"last")
+        reactor.doIteration(5)
+        assert reader.lost and reader.lost[0].check(ConnectionDone)
+        assert reader not in reactor.getReaders()
