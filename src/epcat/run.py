@@ -417,8 +417,9 @@ class Runner:
     def _lean(self, client: Any) -> Any:
         """
         The lean outbound endpoint (L{epcat.lean.TCPClient}) for a relay whose
-        every pair will be spliced: C{tcp:} to an IP address, a C{tcp:} or
-        C{unix:} listener, nothing that needs to see the bytes.  Such a relay
+        every pair will be spliced: C{tcp:} to an IP address, a C{tcp:},
+        C{unix:} or C{systemd:} (socket-activated) listener, nothing that
+        needs to see the bytes.  Such a relay
         also accepts with lean sockets (see L{_listen}).
 
         @param client: the parsed C{connect} endpoint.
@@ -431,7 +432,7 @@ class Runner:
             not self._zero_copy_wanted()
             or os.environ.get("EPCAT_NO_LEAN")
             or not splice.available()
-            or endpoint_type(self.plan.listen or "") not in ("tcp", "tcp6", "unix")
+            or endpoint_type(self.plan.listen or "") not in ("tcp", "tcp6", "unix", "systemd")
         ):
             return None
         from epcat import lean
