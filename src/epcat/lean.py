@@ -13,7 +13,8 @@ the same jobs are done on the same reactor, through the same interfaces:
   - L{accept_with_sockets}: a Twisted TCP or UNIX listening port (from
     C{serverFromString}, so every option and C{--workers} still apply) hands
     each accepted socket to its factory's protocol in a L{SocketTransport}.
-  - L{TCPClient}: an C{IStreamClientEndpoint} for C{tcp:} to an IP address:
+  - L{TCPClient}: an C{IStreamClientEndpoint} for C{tcp:} to an IP address
+    or a host name (looked up with the reactor's resolver, as Twisted does):
     a non-blocking C{connect(2)}, the result reported as Twisted's endpoints
     do (L{twisted.internet.error.ConnectError} subclasses from
     C{getConnectError}, C{ConnectingCancelledError} when cancelled), so
@@ -512,8 +513,9 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
 
 def tcp_client(endpoint: Any) -> TCPClient | None:
     """
-    The lean equivalent of a parsed C{tcp:} client endpoint, when it names
-    an IP address (a host name needs Twisted's resolver).
+    The lean equivalent of a parsed C{tcp:} client endpoint (Twisted's
+    C{TCP4ClientEndpoint}, or C{TCP6ClientEndpoint}), to an IP address or a
+    host name.
 
     @param endpoint: what C{clientFromString} gave.
     @return: a L{TCPClient}, or L{None} for any other endpoint.
@@ -524,10 +526,18 @@ def tcp_client(endpoint: Any) -> TCPClient | None:
     port = getattr(endpoint, "_port", None)
     if not isinstance(host, str) or not isinstance(port, int):
         return None
+    resolve = False
     if isIPAddress(host):
         family = socket.AF_INET
-    elif isIPv6Address(host) and "%" not in host:
+    elif isIPv6Address(host):
+        if "%" in host:
+            return None  # (a scoped address: Twisted's own path knows those)
         family = socket.AF_INET6
+    elif host:
+        # a host name: resolved for every connection with the reactor's
+        # resolver, IPv4, as Twisted's TCP4ClientEndpoint does
+        family = socket.AF_INET
+        resolve = True
     else:
         return None
     return TCPClient(
@@ -537,12 +547,13 @@ def tcp_client(endpoint: Any) -> TCPClient | None:
         port,
         getattr(endpoint, "_timeout", 30),
         getattr(endpoint, "_bindAddress", None),
+        resolve=resolve,
     )
 
 
 class TCPClient:
     """
-    An C{IStreamClientEndpoint} for TCP to an IP address, whose connections
+    An C{IStreamClientEndpoint} for TCP to an IP address or a host name, whose connections
     are L{SocketTransport}s.
 
     C{connect(factory)} returns a L{defer.Deferred} that fires with the
@@ -558,10 +569,14 @@ class TCPClient:
     lean = True
 
     def __init__(self, reactor: Any, family: int, host: str, port: int,
-                 timeout: float | None = 30, bind_address: Any = None) -> None:
+                 timeout: float | None = 30, bind_address: Any = None,
+                 resolve: bool = False) -> None:
         """
         @param family: C{AF_INET} or C{AF_INET6}.
-        @param host: an IPv4 or IPv6 address literal.
+        @param host: an IPv4 or IPv6 address literal, or with C{resolve} a
+            host name, looked up for every connection with the reactor's
+            C{resolve} (IPv4, as Twisted's C{connectTCP} does; its failure,
+            e.g. L{error.DNSLookupError}, is the attempt's).
         @param port: the TCP port.
         @param timeout: seconds to wait for the connection, or L{None}/0.
         @param bind_address: (host, port) to bind to first, or L{None}.
@@ -572,6 +587,7 @@ class TCPClient:
         self.port = port
         self.timeout = timeout
         self.bind_address = bind_address
+        self.resolve = resolve
         #: attempts in progress and their deadlines (reactor seconds), in
         #: the order they started, which is also their deadlines' order
         self._deadlines: dict[_Connecting, float] = {}
@@ -620,20 +636,39 @@ class _Connecting:
     tells how it went.
     """
 
-    __slots__ = ("client", "factory", "sock", "fd", "result", "done", "watching")
+    __slots__ = ("client", "factory", "sock", "fd", "result", "done", "writing", "destination")
 
     def __init__(self, client: TCPClient, factory: Any) -> None:
         self.client = client
         self.factory = factory
         self.done = False
-        self.watching = False
+        self.writing = False
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.destination = client.destination
         self.result: defer.Deferred[Any] = defer.Deferred(self._cancel)
+        client._watch(self)
+        if client.resolve:
+            client.reactor.resolve(client.host).addCallbacks(self._resolved, self._not_found)
+        else:
+            self._connect(client.host)
+
+    def _resolved(self, address: str) -> None:
+        if not self.done:
+            self.destination = IPv4Address("TCP", address, self.client.port)
+            self._connect(address)
+
+    def _not_found(self, failure: Failure) -> None:
+        if not self.done:
+            self._stop()
+            self.result.errback(failure)
+
+    def _connect(self, address: str) -> None:
+        client = self.client
         try:
             # (non-blocking from the start: no fcntl call of its own)
             sock = socket.socket(client.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
-            self.sock = None
-            self.fd = -1
             self._fail(error.getConnectError((e.errno, e.strerror)))
             return
         self.sock = sock
@@ -641,7 +676,7 @@ class _Connecting:
         try:
             if client.bind_address is not None:
                 sock.bind(client.bind_address)
-            err = sock.connect_ex((client.host, client.port))
+            err = sock.connect_ex((address, client.port))
         except OSError as e:
             self._fail(error.getConnectError((e.errno, e.strerror)))
             return
@@ -649,8 +684,7 @@ class _Connecting:
             self._fail(error.getConnectError((err, os.strerror(err))))
             return
         client.reactor.addWriter(self)
-        self.watching = True
-        client._watch(self)
+        self.writing = True
 
     # the reactor's side
 
@@ -673,13 +707,13 @@ class _Connecting:
             self._fail(error.getConnectError((err, os.strerror(err))))
             return
         self._stop()
-        protocol = self.factory.buildProtocol(self.client.destination)
+        protocol = self.factory.buildProtocol(self.destination)
         if protocol is None:
             sock.close()
             self.result.errback(Failure(error.ConnectionClosed()))
             return
         client = self.client
-        SocketTransport(client.reactor, sock, client.destination, client.family).attach(protocol)
+        SocketTransport(client.reactor, sock, self.destination, client.family).attach(protocol)
         self.result.callback(protocol)
 
     def connectionLost(self, reason: Failure) -> None:
@@ -694,10 +728,10 @@ class _Connecting:
 
     def _stop(self) -> None:
         self.done = True
-        if self.watching:
-            self.watching = False
+        self.client._unwatch(self)
+        if self.writing:
+            self.writing = False
             self.client.reactor.removeWriter(self)
-            self.client._unwatch(self)
 
     def _fail(self, exception: Exception) -> None:
         self._stop()

@@ -232,3 +232,30 @@ def test_unix_listener_to_tcp(epcat_proc, server, short_dir):
     assert f"[1] accepted unix:(unnamed) on {path}" in ep.err, ep.err
     assert SPLICE_LINE in ep.err, ep.err
     no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+def test_host_name_target(epcat_proc, server):
+    """
+    connect tcp:localhost:PORT (a name, looked up for every connection as
+    Twisted's tcp: endpoint does): relayed, spliced, and the connected line
+    names the address the name gave.
+    """
+
+    def echo(conn: socket.socket) -> None:
+        conn.sendall(recv_all(conn))
+
+    srv = server(echo)
+    port = srv.address.rsplit(":", 1)[1]
+    ep = epcat_proc("-vv", "listen", "tcp:0:interface=127.0.0.1",
+                    "connect", f"tcp:localhost:{port}")
+    relay = ep.port()
+    for n in (1, 2):
+        with socket.create_connection(("127.0.0.1", relay), timeout=WAIT) as client:
+            client.sendall(b"by name %d" % n)
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"by name %d" % n
+        ep.wait_stderr(rf"\[{n}\] closed: ")
+    assert f"[1] connected to 127.0.0.1:{port} from 127.0.0.1:" in ep.err, ep.err
+    assert SPLICE_LINE in ep.err
+    no_traceback(ep.err)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.error import (
     ConnectingCancelledError,
@@ -21,6 +21,7 @@ from twisted.internet.error import (
     ConnectionDone,
     ConnectionLost,
     ConnectionRefusedError,
+    DNSLookupError,
     TimeoutError,
 )
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -329,7 +330,9 @@ def test_tcp_client_only_for_ip_addresses(reactor: Any) -> None:
     assert (client.host, client.port, client.timeout) == ("127.0.0.1", 80, 5)
     six = lean.tcp_client(TCP4ClientEndpoint(reactor, "::1", 80))
     assert six is not None and six.family == socket.AF_INET6
-    assert lean.tcp_client(TCP4ClientEndpoint(reactor, "localhost", 80)) is None
+    named = lean.tcp_client(TCP4ClientEndpoint(reactor, "localhost", 80))
+    assert named is not None and named.resolve and named.family == socket.AF_INET
+    assert not client.resolve
     assert lean.tcp_client(UNIXClientEndpoint(reactor, "/tmp/x")) is None
 
 
@@ -471,3 +474,54 @@ def test_abort_resets(reactor: Any) -> None:
         client.close()
     finally:
         listener.close()
+
+
+def test_tcp_client_resolves_a_host_name(reactor: Any) -> None:
+    """
+    A host name is looked up with the reactor's resolver for every
+    connection; the peer is the address it gave.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    asked: list[str] = []
+
+    def resolve(name: str, timeout: Any = None) -> Deferred[str]:
+        asked.append(name)
+        return succeed("127.0.0.1")
+
+    reactor.resolve = resolve
+    try:
+        port = listener.getsockname()[1]
+        client = lean.tcp_client(TCP4ClientEndpoint(reactor, "backend.example", port))
+        results: list[Any] = []
+        client.connect(Factory.forProtocol(Recorder)).addBoth(results.append)
+        (connecting,) = [w for w in reactor.getWriters() if isinstance(w, lean._Connecting)]
+        _writable(connecting.sock)
+        connecting.doWrite()
+        (protocol,) = results
+        assert asked == ["backend.example"]
+        assert protocol.transport.getPeer() == IPv4Address("TCP", "127.0.0.1", port)
+        protocol.transport.connectionLost(Failure(ConnectionDone()))
+    finally:
+        listener.close()
+
+
+def test_tcp_client_name_not_found(reactor: Any) -> None:
+    reactor.resolve = lambda name, timeout=None: fail(DNSLookupError(name))
+    client = lean.TCPClient(reactor, socket.AF_INET, "nowhere.invalid", 80, 30, resolve=True)
+    results: list[Any] = []
+    client.connect(Factory.forProtocol(Recorder)).addBoth(results.append)
+    assert results[0].check(DNSLookupError)
+    assert not reactor.getWriters() and not client._deadlines
+
+
+def test_tcp_client_cancelled_while_resolving(reactor: Any) -> None:
+    pending: Deferred[str] = Deferred()
+    reactor.resolve = lambda name, timeout=None: pending
+    client = lean.TCPClient(reactor, socket.AF_INET, "slow.example", 80, 30, resolve=True)
+    results: list[Any] = []
+    attempt = client.connect(Factory.forProtocol(Recorder))
+    attempt.addBoth(results.append)
+    attempt.cancel()
+    assert results[0].check(ConnectingCancelledError)
+    pending.callback("127.0.0.1")  # the late answer changes nothing
+    assert not reactor.getWriters() and not client._deadlines
