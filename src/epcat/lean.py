@@ -476,16 +476,13 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
     factory = port.factory
     # (socket.accept() without its wrapper, which asks the listening socket
     # for its family and type, each an enum conversion, at every call)
-    accept = getattr(listening, "_accept", None)
+    accept = listening._accept
     make = socket.socket
-    if accept is None:
-        accept = listening.accept
-        make = None
 
     def doRead() -> None:
         for _ in range(port.numberAccepts):
             try:
-                sock, address = accept()
+                fd, address = accept()
             except BlockingIOError:
                 return
             except OSError as e:
@@ -494,8 +491,7 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
                 if e.errno in _ACCEPT_EXHAUSTED and on_exhausted is not None:
                     on_exhausted()
                 return
-            if make is not None:
-                sock = make(family, kind, 0, sock)  # (a descriptor, from _accept)
+            sock = make(family, kind, 0, fd)
             peer = address_of(family, address)
             protocol = factory.buildProtocol(peer)
             if protocol is None:

@@ -417,10 +417,10 @@ class Runner:
     def _lean(self, client: Any) -> Any:
         """
         The lean outbound endpoint (L{epcat.lean.TCPClient}) for a relay whose
-        every pair will be spliced: C{tcp:} to an IP address or a host name, a C{tcp:},
-        C{unix:} or C{systemd:} (socket-activated) listener, nothing that
-        needs to see the bytes.  Such a relay
-        also accepts with lean sockets (see L{_listen}).
+        every pair will be spliced: C{tcp:} to an IP address or a host name,
+        a C{tcp:}, C{unix:} or C{systemd:} (socket-activated) listener,
+        nothing that needs to see the bytes.  Such a relay also accepts with
+        lean sockets (see L{_listen}).
 
         @param client: the parsed C{connect} endpoint.
         @return: a L{epcat.lean.TCPClient}, or L{None} for Twisted's own

@@ -33,6 +33,31 @@ def _relay(epcat_proc, backend_address: str, *extra: str, env=None):
     return ep, ep.port()
 
 
+def _answer_after_eof(download: bytes):
+    """A backend that reads to the client's half-close, then answers."""
+
+    def backend(conn: socket.socket) -> str:
+        got = recv_all(conn)  # returns at the client's half-close
+        conn.sendall(download)  # answered only after EOF
+        return hashlib.sha256(got).hexdigest()
+
+    return backend
+
+
+def _exchange(client: socket.socket, upload: bytes) -> bytes:
+    """
+    Send C{upload} and half-close (from a thread) while reading everything
+    that comes back.
+    """
+    sender = threading.Thread(
+        target=lambda: (client.sendall(upload), client.shutdown(socket.SHUT_WR)), daemon=True
+    )
+    sender.start()
+    received = recv_all(client)
+    sender.join(WAIT)
+    return received
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "no_splice, no_lean",
@@ -47,13 +72,7 @@ def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
     """
     size = 32 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
-
-    def backend(conn: socket.socket) -> str:
-        got = recv_all(conn)  # returns at the client's half-close
-        conn.sendall(download)  # answered only after EOF
-        return hashlib.sha256(got).hexdigest()
-
-    srv = server(backend)
+    srv = server(_answer_after_eof(download))
     env = dict(os.environ)
     if no_splice:
         env["EPCAT_NO_SPLICE"] = "1"
@@ -61,12 +80,7 @@ def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
         env["EPCAT_NO_LEAN"] = "1"
     ep, port = _relay(epcat_proc, srv.address, env=env)
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
-        sender = threading.Thread(
-            target=lambda: (client.sendall(upload), client.shutdown(socket.SHUT_WR)), daemon=True
-        )
-        sender.start()
-        received = recv_all(client)
-        sender.join(WAIT)
+        received = _exchange(client, upload)
     assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
     ep.wait_stderr(r"\[1\] closed: ")
@@ -207,25 +221,14 @@ def test_unix_listener_to_tcp(epcat_proc, server, short_dir):
     """
     size = 8 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
-
-    def backend(conn: socket.socket) -> str:
-        got = recv_all(conn)
-        conn.sendall(download)
-        return hashlib.sha256(got).hexdigest()
-
-    srv = server(backend)
+    srv = server(_answer_after_eof(download))
     path = short_dir / "relay.sock"
     ep = epcat_proc("-vv", "listen", f"unix:{path}", "connect", f"tcp:{srv.address}")
     ep.listening()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(WAIT)
         client.connect(str(path))
-        sender = threading.Thread(
-            target=lambda: (client.sendall(upload), client.shutdown(socket.SHUT_WR)), daemon=True
-        )
-        sender.start()
-        received = recv_all(client)
-        sender.join(WAIT)
+        received = _exchange(client, upload)
     assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
     ep.wait_stderr(r"\[1\] closed: 8388608 bytes inbound->outbound, 8388608 bytes")

@@ -103,6 +103,32 @@ def pair(reactor: MemoryReactorClock) -> Any:
         transport.connectionLost(Failure(ConnectionDone()))
 
 
+@pytest.fixture
+def listener() -> Any:
+    """A listening TCP socket on 127.0.0.1."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def tcp_pair(reactor: MemoryReactorClock, listener: socket.socket) -> Any:
+    """
+    A transport over the accepted end of a loopback TCP connection, the
+    client end, the protocol.
+    """
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    server.setblocking(False)
+    transport = lean.SocketTransport(reactor, server)
+    protocol = Recorder()
+    transport.attach(protocol)
+    yield transport, client, protocol
+    client.close()
+    if not transport.disconnected:
+        transport.connectionLost(Failure(ConnectionDone()))
+
+
 def test_attach_reads_and_makes_the_connection(reactor: Any, pair: Any) -> None:
     transport, theirs, protocol = pair
     assert protocol.events == ["made"]
@@ -127,25 +153,16 @@ def test_read_data_then_eof_is_a_half_close(reactor: Any, pair: Any) -> None:
     assert not transport.disconnected
 
 
-def test_read_error_is_connection_lost(reactor: Any) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-        server.setblocking(False)
-        transport = lean.SocketTransport(reactor, server)
-        protocol = Recorder()
-        transport.attach(protocol)
-        # an abortive close from the peer: RST
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        client.close()
-        _readable(server)
-        assert transport.doRead() is CONNECTION_LOST
-        transport.connectionLost(Failure(ConnectionLost()))
-        assert transport.disconnected
-        assert protocol.events == ["made", "connectionLost"]
-    finally:
-        listener.close()
+def test_read_error_is_connection_lost(tcp_pair: Any) -> None:
+    transport, client, protocol = tcp_pair
+    # an abortive close from the peer: RST
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, lean._LINGER_RESET)
+    client.close()
+    _readable(transport.socket)
+    assert transport.doRead() is CONNECTION_LOST
+    transport.connectionLost(Failure(ConnectionLost()))
+    assert transport.disconnected
+    assert protocol.events == ["made", "connectionLost"]
 
 
 def test_write_buffers_and_pauses_the_producer(reactor: Any, pair: Any) -> None:
@@ -344,30 +361,32 @@ def _connect(reactor: Any, port: int, timeout: float = 30) -> tuple[Deferred[Any
     return attempt, (connecting[0] if connecting else None)
 
 
-def test_tcp_client_connects(reactor: Any) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        attempt, connecting = _connect(reactor, listener.getsockname()[1])
-        results: list[Any] = []
-        attempt.addBoth(results.append)
-        _writable(connecting.sock)
-        connecting.doWrite()
-        (protocol,) = results
-        assert isinstance(protocol, Recorder) and protocol.events == ["made"]
-        transport = protocol.transport
-        assert isinstance(transport, lean.SocketTransport)
-        assert transport.getPeer() == IPv4Address("TCP", "127.0.0.1", listener.getsockname()[1])
-        assert connecting not in reactor.getWriters()
-        assert not connecting.client._deadlines  # no longer timed
-        server, _ = listener.accept()
-        server.sendall(b"hi")
-        _readable(transport.socket)
-        transport.doRead()
-        assert protocol.data == b"hi"
-        transport.connectionLost(Failure(ConnectionDone()))
-        server.close()
-    finally:
-        listener.close()
+def _connected(connecting: Any, results: list[Any]) -> Any:
+    """Let a pending attempt finish as the reactor would; its protocol."""
+    _writable(connecting.sock)
+    connecting.doWrite()
+    (protocol,) = results
+    return protocol
+
+
+def test_tcp_client_connects(reactor: Any, listener: socket.socket) -> None:
+    attempt, connecting = _connect(reactor, listener.getsockname()[1])
+    results: list[Any] = []
+    attempt.addBoth(results.append)
+    protocol = _connected(connecting, results)
+    assert isinstance(protocol, Recorder) and protocol.events == ["made"]
+    transport = protocol.transport
+    assert isinstance(transport, lean.SocketTransport)
+    assert transport.getPeer() == IPv4Address("TCP", "127.0.0.1", listener.getsockname()[1])
+    assert connecting not in reactor.getWriters()
+    assert not connecting.client._deadlines  # no longer timed
+    server, _ = listener.accept()
+    server.sendall(b"hi")
+    _readable(transport.socket)
+    transport.doRead()
+    assert protocol.data == b"hi"
+    transport.connectionLost(Failure(ConnectionDone()))
+    server.close()
 
 
 def test_tcp_client_refused(reactor: Any) -> None:
@@ -378,110 +397,83 @@ def test_tcp_client_refused(reactor: Any) -> None:
     results: list[Any] = []
     attempt.addBoth(results.append)
     if connecting is not None:
-        _writable(connecting.sock)
-        connecting.doWrite()
-    (failure,) = results
+        failure = _connected(connecting, results)
+    else:
+        (failure,) = results  # (refused at once)
     assert failure.check(ConnectionRefusedError)
     assert not reactor.getWriters()
 
 
-def test_tcp_client_timeout_and_cancel(reactor: Any) -> None:
+def test_tcp_client_timeout_and_cancel(reactor: Any, listener: socket.socket) -> None:
     # (the attempt stays pending until the reactor reports the socket
     # writable, which nothing does here: only the clock can end it)
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        attempt, connecting = _connect(reactor, listener.getsockname()[1], timeout=5)
-        results: list[Any] = []
-        attempt.addBoth(results.append)
-        reactor.advance(4.9)
-        assert not results
-        reactor.advance(0.1)
-        assert results[0].check(TimeoutError)
-        assert connecting.sock.fileno() == -1  # closed
+    attempt, connecting = _connect(reactor, listener.getsockname()[1], timeout=5)
+    results: list[Any] = []
+    attempt.addBoth(results.append)
+    reactor.advance(4.9)
+    assert not results
+    reactor.advance(0.1)
+    assert results[0].check(TimeoutError)
+    assert connecting.sock.fileno() == -1  # closed
 
-        attempt2, _ = _connect(reactor, listener.getsockname()[1], timeout=5)
-        results2: list[Any] = []
-        attempt2.addBoth(results2.append)
-        attempt2.cancel()
-        assert results2[0].check(ConnectingCancelledError)
-        assert not reactor.getWriters()
-        assert not connecting.client._deadlines
-    finally:
-        listener.close()
+    attempt2, _ = _connect(reactor, listener.getsockname()[1], timeout=5)
+    results2: list[Any] = []
+    attempt2.addBoth(results2.append)
+    attempt2.cancel()
+    assert results2[0].check(ConnectingCancelledError)
+    assert not reactor.getWriters()
+    assert not connecting.client._deadlines
 
 
-def test_tcp_client_one_timer_for_many_attempts(reactor: Any) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        client = lean.TCPClient(reactor, socket.AF_INET, "127.0.0.1",
-                                listener.getsockname()[1], timeout=5)
-        factory = Factory.forProtocol(Recorder)
-        results: list[Any] = []
-        client.connect(factory).addBoth(results.append)
-        reactor.advance(2)
-        client.connect(factory).addBoth(results.append)
-        assert len([c for c in reactor.getDelayedCalls() if c.active()]) == 1
-        reactor.advance(3)  # the first attempt's deadline
-        assert len(results) == 1 and results[0].check(TimeoutError)
-        reactor.advance(1.9)
-        assert len(results) == 1
-        reactor.advance(0.1)  # the second's, two seconds later
-        assert len(results) == 2 and results[1].check(TimeoutError)
-        assert not client._deadlines
-        assert not [c for c in reactor.getDelayedCalls() if c.active()]
-    finally:
-        listener.close()
+def test_tcp_client_one_timer_for_many_attempts(reactor: Any, listener: socket.socket) -> None:
+    client = lean.TCPClient(reactor, socket.AF_INET, "127.0.0.1",
+                            listener.getsockname()[1], timeout=5)
+    factory = Factory.forProtocol(Recorder)
+    results: list[Any] = []
+    client.connect(factory).addBoth(results.append)
+    reactor.advance(2)
+    client.connect(factory).addBoth(results.append)
+    assert len([c for c in reactor.getDelayedCalls() if c.active()]) == 1
+    reactor.advance(3)  # the first attempt's deadline
+    assert len(results) == 1 and results[0].check(TimeoutError)
+    reactor.advance(1.9)
+    assert len(results) == 1
+    reactor.advance(0.1)  # the second's, two seconds later
+    assert len(results) == 2 and results[1].check(TimeoutError)
+    assert not client._deadlines
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]
 
 
-def test_orderly_close_shuts_down_before_closing(reactor: Any) -> None:
+def test_orderly_close_shuts_down_before_closing(tcp_pair: Any) -> None:
     """
     Bytes left unread when a transport is closed: the peer still sees the
     FIN first (shutdown before close, as Twisted's TCP transport does), not
     only a reset.
     """
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-        server.setblocking(False)
-        transport = lean.SocketTransport(reactor, server)
-        transport.attach(Recorder())
-        transport.stopReading()
-        client.sendall(b"never read")
-        transport.loseConnection()
-        assert transport.doWrite() is CONNECTION_DONE
-        transport.connectionLost(Failure(ConnectionDone()))
-        client.settimeout(WAIT)
-        assert client.recv(100) == b""  # EOF, not ECONNRESET
-        client.close()
-    finally:
-        listener.close()
+    transport, client, _ = tcp_pair
+    transport.stopReading()
+    client.sendall(b"never read")
+    transport.loseConnection()
+    assert transport.doWrite() is CONNECTION_DONE
+    transport.connectionLost(Failure(ConnectionDone()))
+    client.settimeout(WAIT)
+    assert client.recv(100) == b""  # EOF, not ECONNRESET
 
 
-def test_abort_resets(reactor: Any) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-        server.setblocking(False)
-        transport = lean.SocketTransport(reactor, server)
-        transport.attach(Recorder())
-        transport.abortConnection()
-        reactor.advance(0)
-        client.settimeout(WAIT)
-        with pytest.raises(ConnectionResetError):
-            client.recv(100)
-        client.close()
-    finally:
-        listener.close()
+def test_abort_resets(reactor: Any, tcp_pair: Any) -> None:
+    transport, client, _ = tcp_pair
+    transport.abortConnection()
+    reactor.advance(0)
+    client.settimeout(WAIT)
+    with pytest.raises(ConnectionResetError):
+        client.recv(100)
 
 
-def test_tcp_client_resolves_a_host_name(reactor: Any) -> None:
+def test_tcp_client_resolves_a_host_name(reactor: Any, listener: socket.socket) -> None:
     """
     A host name is looked up with the reactor's resolver for every
     connection; the peer is the address it gave.
     """
-    listener = socket.create_server(("127.0.0.1", 0))
     asked: list[str] = []
 
     def resolve(name: str, timeout: Any = None) -> Deferred[str]:
@@ -489,20 +481,15 @@ def test_tcp_client_resolves_a_host_name(reactor: Any) -> None:
         return succeed("127.0.0.1")
 
     reactor.resolve = resolve
-    try:
-        port = listener.getsockname()[1]
-        client = lean.tcp_client(TCP4ClientEndpoint(reactor, "backend.example", port))
-        results: list[Any] = []
-        client.connect(Factory.forProtocol(Recorder)).addBoth(results.append)
-        (connecting,) = [w for w in reactor.getWriters() if isinstance(w, lean._Connecting)]
-        _writable(connecting.sock)
-        connecting.doWrite()
-        (protocol,) = results
-        assert asked == ["backend.example"]
-        assert protocol.transport.getPeer() == IPv4Address("TCP", "127.0.0.1", port)
-        protocol.transport.connectionLost(Failure(ConnectionDone()))
-    finally:
-        listener.close()
+    port = listener.getsockname()[1]
+    client = lean.tcp_client(TCP4ClientEndpoint(reactor, "backend.example", port))
+    results: list[Any] = []
+    client.connect(Factory.forProtocol(Recorder)).addBoth(results.append)
+    (connecting,) = [w for w in reactor.getWriters() if isinstance(w, lean._Connecting)]
+    protocol = _connected(connecting, results)
+    assert asked == ["backend.example"]
+    assert protocol.transport.getPeer() == IPv4Address("TCP", "127.0.0.1", port)
+    protocol.transport.connectionLost(Failure(ConnectionDone()))
 
 
 def test_tcp_client_name_not_found(reactor: Any) -> None:
