@@ -301,13 +301,20 @@ class RelaySide(Protocol):
         then its EOF if that came early too.
         """
         held, self._held, self._held_size = self._held, None, 0
-        if self._paused_for_hold and not self.lost:
-            self._paused_for_hold = False
-            self.transport.resumeProducing()
+        self._resume_after_hold()
         peer = self.peer
         assert peer is not None
         if held and not peer.write_ended:
             peer.transport.writeSequence(held)
+
+    def _resume_after_hold(self) -> None:
+        """
+        Read again if this side was paused until the join (see
+        L{pause_until_joined}) or for holding too much.
+        """
+        if self._paused_for_hold and not self.lost:
+            self._paused_for_hold = False
+            self.transport.resumeProducing()
 
     def _take_held(self) -> list[bytes]:
         """
@@ -576,6 +583,9 @@ class Pair:
                 self._start_splice()
             else:
                 self.splice_waiting = True  # until the first byte or EOF
+                for side in (a, b):
+                    # (a side paused until the join must read that byte)
+                    side._resume_after_hold()
             return
         if self.preamble is not None and not b.lost:
             b.transport.write(self.preamble())

@@ -850,6 +850,27 @@ def test_pause_until_joined_then_join_resumes() -> None:
     assert tin.producerState == "producing"
 
 
+def test_pause_until_joined_then_zero_copy_join_resumes() -> None:
+    """
+    A zero-copy pair joined with nothing read yet waits for the first byte
+    before starting the engine: a side paused until the join (the outbound
+    was retried, or the pair queued) must read again, or that byte never
+    comes.
+    """
+    h = Harness()
+    h.pair.fast_path = True
+    tin = HalfCloseTransport()
+    tin.zero_copy = True  # (what epcat.splice.eligible looks for)
+    h.pair.inbound.makeConnection(tin)
+    h.pair.inbound.pause_until_joined()
+    assert tin.producerState == "paused"
+    tout = HalfCloseTransport()
+    tout.zero_copy = True
+    h.pair.outbound.makeConnection(tout)
+    assert h.pair.splice_waiting
+    assert tin.producerState == "producing"
+
+
 def test_transform_applies_to_held_and_relayed_bytes() -> None:
     h = Harness()
     h.connect_inbound()
