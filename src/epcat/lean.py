@@ -209,6 +209,20 @@ class SocketTransport:
             self._shutdown_write()
         return None
 
+    def read_now(self) -> None:
+        """
+        Read as if the reactor had just reported the socket readable (if
+        this transport, or the engine that took it, is reading): nothing
+        happens when there is nothing to read.
+        """
+        if self.disconnected or not (self._reading or self._end is not None):
+            return
+        why = self.doRead()
+        if why is CONNECTION_DONE:
+            self.readConnectionLost(Failure(why))
+        elif why is not None:
+            self.connectionLost(Failure(why))
+
     def readConnectionLost(self, reason: Failure) -> None:
         """
         The peer sent FIN (the reactor's C{IHalfCloseableDescriptor} call).
@@ -498,7 +512,11 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
                 sock.close()
                 continue
             sock.setblocking(False)
-            SocketTransport(reactor, sock, peer, family).attach(protocol)
+            transport = SocketTransport(reactor, sock, peer, family)
+            transport.attach(protocol)
+            # (a client that speaks first has usually sent its first bytes
+            # by now: reading them at once saves a reactor round)
+            transport.read_now()
 
     port.doRead = doRead
     return True
@@ -643,8 +661,8 @@ class _Connecting:
         self.fd = -1
         self.destination = client.destination
         self.result: defer.Deferred[Any] = defer.Deferred(self._cancel)
-        client._watch(self)
         if client.resolve:
+            client._watch(self)  # (the timeout covers the lookup too)
             client.reactor.resolve(client.host).addCallbacks(self._resolved, self._not_found)
         else:
             self._connect(client.host)
@@ -676,11 +694,33 @@ class _Connecting:
         except OSError as e:
             self._fail(error.getConnectError((e.errno, e.strerror)))
             return
-        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+        if err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            # On loopback the handshake has usually completed inside
+            # connect(2) already: asking again says so (0, then EISCONN;
+            # EALREADY while it is still going on), which saves waiting for
+            # the reactor to report the socket writable.
+            err = self._connect_again(sock, address)
+            if err == errno.EISCONN:
+                err = 0
+        if err == 0:
+            self._connected()
+            return
+        if err not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
             self._fail(error.getConnectError((err, os.strerror(err))))
             return
+        if not client.resolve:
+            client._watch(self)  # (a lookup was watched from its start)
         client.reactor.addWriter(self)
         self.writing = True
+
+    def _connect_again(self, sock: socket.socket, address: str) -> int:
+        """
+        The state of a non-blocking connect in progress, from a second
+        C{connect(2)}: 0 or C{EISCONN} once connected, C{EALREADY} while
+        the handshake goes on, or the errno it failed with (which it takes,
+        as reading C{SO_ERROR} would).
+        """
+        return sock.connect_ex((address, self.client.port))
 
     # the reactor's side
 
@@ -702,7 +742,16 @@ class _Connecting:
         if err:
             self._fail(error.getConnectError((err, os.strerror(err))))
             return
+        self._connected()
+
+    def _connected(self) -> None:
+        """
+        C{connect(2)} has completed: the protocol gets its transport, then
+        the result fires with it.
+        """
         self._stop()
+        sock = self.sock
+        assert sock is not None
         protocol = self.factory.buildProtocol(self.destination)
         if protocol is None:
             sock.close()

@@ -6,6 +6,7 @@ runs a reactor; each test calls C{doRead}/C{doWrite} as the reactor would).
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 from typing import Any
@@ -109,6 +110,16 @@ def listener() -> Any:
     sock = socket.create_server(("127.0.0.1", 0))
     yield sock
     sock.close()
+
+
+@pytest.fixture
+def handshake_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Connection attempts wait for the reactor, as they do off loopback: the
+    second C{connect(2)} that looks for an early completion says EALREADY.
+    """
+    monkeypatch.setattr(lean._Connecting, "_connect_again",
+                        lambda self, sock, address: errno.EALREADY)
 
 
 @pytest.fixture
@@ -312,6 +323,48 @@ def test_accept_with_sockets(reactor: Any) -> None:
         port.socket.close()
 
 
+def test_accept_reads_what_is_already_there(reactor: Any) -> None:
+    """
+    A client that spoke (or half-closed) before its connection was
+    accepted is read at once, without waiting for the reactor.
+    """
+    built: list[Recorder] = []
+
+    class RecordingFactory(Factory):
+        def buildProtocol(self, addr: Any) -> Recorder:
+            built.append(Recorder())
+            return built[-1]
+
+    port = tcp.Port(0, RecordingFactory(), interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    try:
+        assert lean.accept_with_sockets(port)
+        address = port.getHost()
+        talker = socket.create_connection((address.host, address.port))
+        talker.sendall(b"GET /")
+        quitter = socket.create_connection((address.host, address.port))
+        quitter.shutdown(socket.SHUT_WR)
+        silent = socket.create_connection((address.host, address.port))
+        # (loopback delivers inside send(): the bytes and FINs are there)
+        _readable(port.socket)
+        port.doRead()
+        transports = {t.getPeer().port: t for t in reactor.getReaders()
+                      if isinstance(t, lean.SocketTransport)}
+        said = transports[talker.getsockname()[1]].protocol
+        assert (said.data, said.events) == (b"GET /", ["made"])
+        # (its EOF was read: a half-close, and no longer reading)
+        assert quitter.getsockname()[1] not in transports
+        assert built[1].events == ["made", "readConnectionLost"]
+        quiet = transports[silent.getsockname()[1]].protocol
+        assert (quiet.data, quiet.events) == (b"", ["made"])
+        for protocol in built:
+            protocol.transport.connectionLost(Failure(ConnectionDone()))
+        for sock in (talker, quitter, silent):
+            sock.close()
+    finally:
+        port.socket.close()
+
+
 def test_accept_with_sockets_reports_exhaustion(reactor: Any) -> None:
     port = tcp.Port(0, Factory.forProtocol(Recorder), interface="127.0.0.1", reactor=reactor)
     port.startListening()
@@ -369,6 +422,7 @@ def _connected(connecting: Any, results: list[Any]) -> Any:
     return protocol
 
 
+@pytest.mark.usefixtures("handshake_pending")
 def test_tcp_client_connects(reactor: Any, listener: socket.socket) -> None:
     attempt, connecting = _connect(reactor, listener.getsockname()[1])
     results: list[Any] = []
@@ -380,6 +434,30 @@ def test_tcp_client_connects(reactor: Any, listener: socket.socket) -> None:
     assert transport.getPeer() == IPv4Address("TCP", "127.0.0.1", listener.getsockname()[1])
     assert connecting not in reactor.getWriters()
     assert not connecting.client._deadlines  # no longer timed
+    server, _ = listener.accept()
+    server.sendall(b"hi")
+    _readable(transport.socket)
+    transport.doRead()
+    assert protocol.data == b"hi"
+    transport.connectionLost(Failure(ConnectionDone()))
+    server.close()
+
+
+def test_tcp_client_connected_at_once(reactor: Any, listener: socket.socket) -> None:
+    """
+    On loopback the handshake is over by the time connect(2) returns: the
+    attempt fires at once, with nothing registered and no timer.
+    """
+    attempt, connecting = _connect(reactor, listener.getsockname()[1], timeout=5)
+    assert connecting is None
+    results: list[Any] = []
+    attempt.addBoth(results.append)
+    (protocol,) = results
+    assert isinstance(protocol, Recorder) and protocol.events == ["made"]
+    assert not reactor.getWriters()
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]
+    transport = protocol.transport
+    assert transport in reactor.getReaders()
     server, _ = listener.accept()
     server.sendall(b"hi")
     _readable(transport.socket)
@@ -404,6 +482,7 @@ def test_tcp_client_refused(reactor: Any) -> None:
     assert not reactor.getWriters()
 
 
+@pytest.mark.usefixtures("handshake_pending")
 def test_tcp_client_timeout_and_cancel(reactor: Any, listener: socket.socket) -> None:
     # (the attempt stays pending until the reactor reports the socket
     # writable, which nothing does here: only the clock can end it)
@@ -425,6 +504,7 @@ def test_tcp_client_timeout_and_cancel(reactor: Any, listener: socket.socket) ->
     assert not connecting.client._deadlines
 
 
+@pytest.mark.usefixtures("handshake_pending")
 def test_tcp_client_one_timer_for_many_attempts(reactor: Any, listener: socket.socket) -> None:
     client = lean.TCPClient(reactor, socket.AF_INET, "127.0.0.1",
                             listener.getsockname()[1], timeout=5)
@@ -469,6 +549,7 @@ def test_abort_resets(reactor: Any, tcp_pair: Any) -> None:
         client.recv(100)
 
 
+@pytest.mark.usefixtures("handshake_pending")
 def test_tcp_client_resolves_a_host_name(reactor: Any, listener: socket.socket) -> None:
     """
     A host name is looked up with the reactor's resolver for every
