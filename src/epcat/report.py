@@ -287,6 +287,8 @@ class Reporter:
             self.ui.warning(f"[{pair.conn_id}] {message}", **fields)
 
     def _on_fast_path(self, pair: Pair, side: RelaySide | None) -> None:
+        if not self.ui.enabled("debug"):
+            return
         self.ui.debug(
             "fast-path",
             f"[{pair.conn_id}] zero-copy relay with splice(2)",

@@ -327,7 +327,9 @@ class SpliceEngine:
                     if not readable:
                         # no pipe until there is something to move: an idle
                         # pair costs no descriptors beyond its two sockets
-                        raise BlockingIOError(errno.EAGAIN, "not readable yet")
+                        # (at rest, as after EAGAIN below, without raising)
+                        self._interest(d, read=True, write=False)
+                        return
                     try:
                         d.pipe = _acquire_pipe()
                     except OSError:
@@ -407,7 +409,8 @@ class SpliceEngine:
             pass
         sink.write_ended = True
         sink.write_shutdown_sent = True
-        if all(direction.done for direction in self.directions) or pair.eof_closes:
+        first, second = self.directions
+        if (first.done and second.done) or pair.eof_closes:
             self._finish()
         else:
             pair._half_close_started()
