@@ -3,14 +3,17 @@
 epcat beside socat, haproxy and no relay at all, on loopback.
 
     python benchmarks/bench.py [--quick] [--rounds N] [--chart FILE.png]
-                               [--candidates epcat,socat,socat-b256k,haproxy,direct]
+                               [--candidates epcat,epcat-workers,socat,socat-b256k,haproxy,direct]
                                [--workloads startup,bulk,unix,http,memory]
                                [--json FILE]
 
 Candidates (each relays 127.0.0.1:RELAY to 127.0.0.1:BACKEND):
 
     epcat        epcat listen tcp:RELAY:interface=127.0.0.1 connect tcp:127.0.0.1:BACKEND
-                 (plus --workers <cores> when `epcat listen --help` offers it)
+                 (one process, the default)
+    epcat-workers
+                 the same with --workers <cores>, for the TCP workloads (bulk,
+                 http); left out when `epcat listen --help` offers no --workers
     socat        socat TCP-LISTEN:RELAY,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:BACKEND
     socat-b256k  the same with -b 262144
     haproxy      haproxy -db, mode tcp, from a written config
@@ -73,10 +76,16 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 STREAMTOOLS = HERE / "streamtools.py"
 
-ALL_CANDIDATES = ("epcat", "socat", "socat-b256k", "haproxy", "direct")
-RELAYS = ("epcat", "socat", "socat-b256k", "haproxy")
+ALL_CANDIDATES = ("epcat", "epcat-workers", "socat", "socat-b256k", "haproxy", "direct")
+RELAYS = ("epcat", "epcat-workers", "socat", "socat-b256k", "haproxy")
+#: Candidates measured only where they differ from another: epcat --workers
+#: shares a TCP port; its UNIX listener, memory and start-up are epcat's.
+TCP_ONLY = ("epcat-workers",)
+#: the workloads that relay TCP to TCP
+TCP_WORKLOADS = ("bulk", "http")
 LABELS = {
     "epcat": "epcat",
+    "epcat-workers": f"epcat --workers {os.cpu_count() or 1}",
     "socat": "socat (default)",
     "socat-b256k": "socat -b 262144",
     "haproxy": "haproxy",
@@ -425,7 +434,6 @@ class Bench:
         self.tools = {name: shutil.which(name) for name in
                       ("socat", "haproxy", "iperf3", "ab", "nginx")}
         self.epcat = self._find_epcat()
-        self.epcat_extra: list[str] = []
         self.nginx_port: int | None = None
         self.iperf_port = free_port()
         self.sink_port = free_port()
@@ -445,7 +453,7 @@ class Bench:
 
     def available(self, candidate: str) -> str | None:
         """Why C{candidate} cannot run here, or None."""
-        if candidate == "epcat" and self.epcat is None:
+        if candidate.startswith("epcat") and self.epcat is None:
             return "epcat is not installed"
         if candidate.startswith("socat") and self.tools["socat"] is None:
             return "socat is not installed"
@@ -459,16 +467,15 @@ class Bench:
             if why:
                 self.notes.append(f"{LABELS[c]} left out: {why}")
                 self.candidates.remove(c)
-        if "epcat" in self.candidates:
+        if "epcat-workers" in self.candidates:
             assert self.epcat is not None
             helptext = run_tool([self.epcat, "listen", "--help"], 60).stdout
-            if "--workers" in helptext:
-                self.epcat_extra = ["--workers", str(os.cpu_count() or 1)]
-                self.notes.append(f"epcat runs with --workers {os.cpu_count() or 1} "
-                                  "(TCP listeners; its UNIX listener is one process; the "
-                                  "memory figures are for one process)")
+            if "--workers" not in helptext:
+                self.notes.append("epcat --workers left out: epcat listen offers no --workers")
+                self.candidates.remove("epcat-workers")
             else:
-                self.notes.append("epcat listen offers no --workers here: one process")
+                self.notes.append(f"{LABELS['epcat-workers']}: the TCP workloads only (its "
+                                  "UNIX listener, memory and start-up are one epcat's)")
         if self.tools["nginx"] and self.tools["ab"]:
             self.nginx_port = self._start_nginx()
         if any(c in RELAYS for c in self.candidates):
@@ -520,14 +527,13 @@ http {{
 
     # relays
 
-    def relay_argv(self, candidate: str, listen: tuple[str, Any], backend: int,
-                   single: bool = False) -> list[str]:
+    def relay_argv(self, candidate: str, listen: tuple[str, Any], backend: int) -> list[str]:
         kind, where = listen
-        if candidate == "epcat":
+        if candidate in ("epcat", "epcat-workers"):
             assert self.epcat is not None
             server = (f"tcp:{where}:interface=127.0.0.1" if kind == "tcp" else f"unix:{where}")
-            # --workers shares a TCP listening port; a UNIX listener has one process
-            workers = self.epcat_extra if kind == "tcp" and not single else []
+            workers = (["--workers", str(os.cpu_count() or 1)]
+                       if candidate == "epcat-workers" else [])
             return [self.epcat, "listen", *workers, server,
                     "connect", f"tcp:127.0.0.1:{backend}"]
         if candidate in ("socat", "socat-b256k"):
@@ -561,12 +567,12 @@ backend backend
         raise ValueError(candidate)
 
     @contextmanager
-    def relay(self, candidate: str, backend: int, unix: bool = False,
-              single: bool = False) -> Iterator[tuple[subprocess.Popen[bytes] | None, Any]]:
+    def relay(self, candidate: str, backend: int,
+              unix: bool = False) -> Iterator[tuple[subprocess.Popen[bytes] | None, Any]]:
         """
         Run C{candidate} relaying to 127.0.0.1:C{backend}; yield (process,
         where clients connect: a TCP port or a UNIX path).  For direct,
-        (None, C{backend}).  C{single}: epcat as one process (no --workers).
+        (None, C{backend}).
         """
         if candidate == "direct":
             yield None, backend
@@ -584,7 +590,7 @@ backend backend
             port = free_port()
             listen = ("tcp", port)
             check = lambda: tcp_listening(port)  # noqa: E731
-        popen = self.procs.spawn(self.relay_argv(candidate, listen, backend, single), candidate)
+        popen = self.procs.spawn(self.relay_argv(candidate, listen, backend), candidate)
         try:
             wait_until(check, popen, self.procs, candidate)
             yield popen, listen[1]
@@ -706,11 +712,7 @@ backend backend
         sink.drop_all()
         clients: list[socket.socket] = []
         try:
-            # (one epcat process: what a connection costs.  Forked workers
-            # share the parent's imported code and copy pages of it as they
-            # touch it, a one-time cost that would be spread over these
-            # connections.)
-            with self.relay(candidate, sink.port, single=True) as (popen, port):
+            with self.relay(candidate, sink.port) as (popen, port):
                 assert popen is not None
                 warm = socket.create_connection(("127.0.0.1", port), timeout=10)
                 if not sink.wait_for(1, 20):
@@ -815,19 +817,21 @@ backend backend
             for workload in self.workloads:
                 measure = getattr(self, f"w_{workload}")
                 for candidate in order:
+                    if candidate in TCP_ONLY and workload not in TCP_WORKLOADS:
+                        continue
                     t0 = time.monotonic()
                     try:
                         values = measure(candidate)
                     except (BenchError, OSError, subprocess.SubprocessError) as e:
                         self.errors.append(f"round {r + 1}, {workload}, {candidate}: {e}")
-                        progress(f"  {workload:8} {candidate:12} FAILED: "
+                        progress(f"  {workload:8} {candidate:13} FAILED: "
                                  f"{str(e).splitlines()[0]}")
                         continue
                     for key, value in values.items():
                         self.results.setdefault(key, {}).setdefault(candidate, []).append(value)
                     if values:
                         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-                        progress(f"  {workload:8} {candidate:12} {shown} "
+                        progress(f"  {workload:8} {candidate:13} {shown} "
                                  f"({time.monotonic() - t0:.1f} s)")
             # added latency, round by round against the direct run of the same round
             lat = self.results.get("lat_us", {})
@@ -902,9 +906,9 @@ def spread_table(bench: Bench, figs: list[Figure]) -> str:
 
 def draw_chart(path: Path, bench: Bench, figs: list[Figure], title: str) -> None:
     """
-    Grouped bars: for each figure, epcat, socat and haproxy as multiples of
-    socat, oriented so that higher is better (lower-is-better figures are
-    plotted as socat ÷ candidate).  Log scale, a label on every bar.
+    Grouped bars: for each figure, epcat (and epcat --workers), socat and
+    haproxy as multiples of socat, oriented so that higher is better
+    (lower-is-better figures are plotted as socat ÷ candidate).  Log scale, a label on every bar.
     """
     import matplotlib
 
@@ -912,13 +916,14 @@ def draw_chart(path: Path, bench: Bench, figs: list[Figure], title: str) -> None
     import matplotlib.pyplot as plt
 
     med = bench.medians()
-    shown = [c for c in ("epcat", "socat", "haproxy") if c in bench.candidates]
+    shown = [c for c in ("epcat", "epcat-workers", "socat", "haproxy") if c in bench.candidates]
     if REFERENCE not in shown:
         raise BenchError("--chart needs socat among the candidates")
     rows = [f for f in figs if f.chart and med.get(f.key, {}).get(REFERENCE, 0) > 0]
     if not rows:
         raise BenchError("nothing to chart")
-    colours = {"epcat": "#2a7ab9", "socat": "#9a9a9a", "haproxy": "#e08a2c"}
+    colours = {"epcat": "#2a7ab9", "epcat-workers": "#8cbce0", "socat": "#9a9a9a",
+               "haproxy": "#e08a2c"}
     width = 0.8 / len(shown)
     fig, ax = plt.subplots(figsize=(max(9.0, 1.25 * len(rows) + 2), 5.4))
     highest, lowest = 1.0, 1.0
