@@ -13,8 +13,9 @@ what they return or raise as C{_PollLikeMixin._doReadOrWrite}, which still
 handles every other event.  epcat shows Twisted's log messages only at C{-vv}, where a message
 logged from inside a handler now has the system C{"-"} rather than the
 descriptor's prefix; an exception escaping a handler is still logged
-(C{log.err}) and the descriptor is disconnected, as Twisted does.  Everything
-else (registration, the main loop, timers, signals, threads) is Twisted's.
+(C{log.err}) and the descriptor is disconnected, as Twisted does.  The main
+loop skips the timed-call bookkeeping in rounds that have none to do.
+Everything else (registration, timers, signals, threads) is Twisted's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import sys
 from typing import Any
 
 from twisted.internet import epollreactor
+from twisted.logger import Logger
 from twisted.python import log
+
+_log = Logger()
 
 
 _IN = getattr(select, "EPOLLIN", 1)
@@ -80,6 +84,36 @@ class EPollReactor(epollreactor.EPollReactor):
                 log.err(None, "Unhandled error in a reactor event handler")
 
     doIteration = doPoll
+
+    def mainLoop(self) -> None:
+        """
+        Twisted's main loop, skipping the timed-call bookkeeping
+        (C{runUntilCurrent}, C{timeout}) in a round where there is nothing
+        for it to do: no timed call pending or new, no call from a thread,
+        no stop just requested.  A relay without timeouts has none between
+        its readiness events, which are then one C{doPoll} each.  An
+        exception escaping a round is logged and the loop goes on, as in
+        Twisted's.
+        """
+        while self._started:
+            try:
+                while self._started:
+                    if (
+                        self._pendingTimedCalls
+                        or self._newTimedCalls
+                        or self.threadCallQueue
+                        or self._justStopped
+                    ):
+                        self.runUntilCurrent()
+                        t2 = self.timeout()
+                        t = self.running and t2
+                    else:
+                        # (what timeout() gives with no timed call: no limit)
+                        t = None if self.running else 0
+                    self.doIteration(t)
+            except BaseException:
+                _log.failure("Unexpected error in main loop")
+        _log.info("Main loop terminated.")
 
 
 def install() -> Any:

@@ -1,13 +1,15 @@
 """
 Tests for L{epcat.reactor}: readiness reaches the descriptor, an exception
 from a handler is logged and the descriptor disconnected, as with Twisted's
-own epoll reactor.  (The reactor is made, never installed or run.)
+own epoll reactor; its main loop still runs timed calls and calls from
+threads.  (The reactor is made and run here, never installed.)
 """
 
 from __future__ import annotations
 
 import select
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -18,6 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 pytestmark = pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux's")
+
+WAIT = 10.0
 
 
 @implementer(IReadDescriptor)
@@ -49,6 +53,8 @@ def reactor() -> Any:
 
     r = EPollReactor()
     yield r
+    if r.waker is not None:
+        r.waker.connectionLost(Failure(ConnectionDone()))
     r._poller.close()
 
 
@@ -110,3 +116,65 @@ def test_what_a_handler_returns_disconnects(reactor: Any) -> None:
         reactor.doIteration(5)
         assert reader.lost and reader.lost[0].check(ConnectionDone)
         assert reader not in reactor.getReaders()
+
+
+def test_main_loop_runs_timed_calls_and_calls_from_threads(reactor: Any) -> None:
+    """
+    The main loop skips the timed-call bookkeeping only in rounds without
+    any: timed calls, calls from other threads and stop() still work.
+    """
+    seen: list[str] = []
+    a, b = socket.socketpair()
+    with a, b:
+        reader = Reader(a)
+        reactor.addReader(reader)
+
+        def from_thread() -> None:
+            seen.append("thread")
+            reactor.callLater(0, b.sendall, b"ping")
+
+        def check() -> None:
+            if reader.reads:
+                seen.append("read")
+                reactor.stop()
+            else:
+                reactor.callLater(0.01, check)
+
+        def start_thread() -> None:
+            threading.Thread(target=reactor.callFromThread, args=(from_thread,)).start()
+
+        reactor.callLater(0, start_thread)
+        reactor.callLater(0.01, check)
+        reactor.callLater(WAIT, reactor.stop)  # (a bound, should the rest fail)
+        reactor.run(installSignalHandlers=False)
+        reactor.removeReader(reader)
+    assert seen == ["thread", "read"]
+
+
+def test_an_error_in_a_round_is_logged_and_the_loop_goes_on(reactor: Any) -> None:
+    from twisted.logger import globalLogPublisher
+
+    failures: list[Any] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    rounds: list[Any] = []
+    real = reactor.doIteration
+
+    def flaky(timeout: Any) -> None:
+        rounds.append(timeout)
+        if len(rounds) == 1:
+            raise RuntimeError("round bug")
+        real(timeout)
+
+    reactor.doIteration = flaky
+    reactor.callLater(0.01, reactor.stop)
+    globalLogPublisher.addObserver(observer)
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert len(rounds) > 1
+    assert [f.value.args for f in failures if f.check(RuntimeError)] == [("round bug",)]
