@@ -612,7 +612,29 @@ class TCPClient:
             self.destination = IPv6Address("TCP", host, port)
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
-        return _Connecting(self, factory).result
+        attempt = _Connecting(self, factory)
+        result: defer.Deferred[Any] = defer.Deferred(lambda _: attempt.cancel())
+        attempt.start(result.callback, result.errback)
+        return result
+
+    def attempt(self, factory: Any, connected: Any, failed: Any) -> _Connecting:
+        """
+        What C{connect} does, reporting to two callables instead of a
+        L{defer.Deferred} (L{epcat.run.Runner._dial}'s plain attempt, made
+        for every relayed connection).
+
+        @param connected: called with the protocol once its
+            C{makeConnection} has run; possibly before this returns (on
+            loopback the connection is often up at once).
+        @param failed: called with a L{Failure}, as C{connect}'s errback;
+            possibly before this returns.
+        @return: the attempt, whose C{cancel()} stops it (C{failed} is then
+            called with L{error.ConnectingCancelledError}) and whose C{done}
+            says whether it has reported.
+        """
+        attempt = _Connecting(self, factory)
+        attempt.start(connected, failed)
+        return attempt
 
     # One timer for all attempts, not a DelayedCall made and cancelled for
     # each: every attempt of this endpoint has the same timeout, so their
@@ -650,7 +672,10 @@ class _Connecting:
     tells how it went.
     """
 
-    __slots__ = ("client", "factory", "sock", "fd", "result", "done", "writing", "destination")
+    __slots__ = (
+        "client", "factory", "sock", "fd", "done", "writing", "destination", "_connected_to",
+        "_failed_with",
+    )
 
     def __init__(self, client: TCPClient, factory: Any) -> None:
         self.client = client
@@ -660,7 +685,16 @@ class _Connecting:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.destination = client.destination
-        self.result: defer.Deferred[Any] = defer.Deferred(self._cancel)
+        self._connected_to: Any = None
+        self._failed_with: Any = None
+
+    def start(self, connected: Any, failed: Any) -> None:
+        """
+        Begin: C{connected(protocol)} or C{failed(failure)} is called once.
+        """
+        self._connected_to = connected
+        self._failed_with = failed
+        client = self.client
         if client.resolve:
             client._watch(self)  # (the timeout covers the lookup too)
             client.reactor.resolve(client.host).addCallbacks(self._resolved, self._not_found)
@@ -675,7 +709,7 @@ class _Connecting:
     def _not_found(self, failure: Failure) -> None:
         if not self.done:
             self._stop()
-            self.result.errback(failure)
+            self._failed_with(failure)
 
     def _connect(self, address: str) -> None:
         client = self.client
@@ -755,11 +789,11 @@ class _Connecting:
         protocol = self.factory.buildProtocol(self.destination)
         if protocol is None:
             sock.close()
-            self.result.errback(Failure(error.ConnectionClosed()))
+            self._failed_with(Failure(error.ConnectionClosed()))
             return
         client = self.client
         SocketTransport(client.reactor, sock, self.destination, client.family).attach(protocol)
-        self.result.callback(protocol)
+        self._connected_to(protocol)
 
     def connectionLost(self, reason: Failure) -> None:
         # (the reactor gave up on the descriptor: EPOLLERR/EPOLLHUP while
@@ -782,16 +816,19 @@ class _Connecting:
         self._stop()
         if self.sock is not None:
             self.sock.close()
-        if not self.result.called:
-            self.result.errback(Failure(exception))
+        self._failed_with(Failure(exception))
 
     def _timed_out(self) -> None:
         self._fail(error.TimeoutError())
 
-    def _cancel(self, result: defer.Deferred[Any]) -> None:
+    def cancel(self) -> None:
+        """
+        Stop the attempt, if it has not reported yet: it fails with
+        L{error.ConnectingCancelledError}.
+        """
         if self.done:
             return
         self._stop()
         if self.sock is not None:
             self.sock.close()
-        result.errback(Failure(error.ConnectingCancelledError(self.client.destination)))
+        self._failed_with(Failure(error.ConnectingCancelledError(self.client.destination)))

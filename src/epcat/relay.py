@@ -515,7 +515,9 @@ class Pair:
         #: EOF (an idle pair costs no engine)
         self.splice_waiting = False
         self.outbound_failure: Failure | None = None
-        self.attempt: Deferred[Any] | None = None
+        #: the outbound attempt in progress: anything with cancel() (a
+        #: Deferred, or an epcat.lean attempt)
+        self.attempt: Any = None
         #: the timer of an outbound TLS handshake (epcat.run)
         self.handshake_timer: Any = None
         self._on_event = on_event or _no_event

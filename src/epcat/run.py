@@ -944,10 +944,15 @@ class Runner:
         if getattr(client, "lean", False) and options.retry == 0 and (
             options.connect_timeout is None
         ):
-            # One plain attempt: nothing for Dial to add (epcat.lean).
-            attempt = client.connect(SideFactory(pair.outbound))
-            pair.attempt = attempt
-            attempt.addCallbacks(lambda _: self._attempt_done(pair, attempt), pair.outbound_failed)
+            # One plain attempt: nothing for Dial to add, and no Deferred
+            # (epcat.lean; it may report before attempt() returns).
+            def connected(_: Any) -> None:
+                pair.attempt = None
+                pair._maybe_finish()
+
+            attempt = client.attempt(SideFactory(pair.outbound), connected, pair.outbound_failed)
+            if not attempt.done:
+                pair.attempt = attempt
             return
 
         def retrying(failure: Failure, delay: float, attempt: int) -> None:

@@ -467,6 +467,37 @@ def test_tcp_client_connected_at_once(reactor: Any, listener: socket.socket) -> 
     server.close()
 
 
+def test_tcp_client_attempt_reports_to_callables(reactor: Any, listener: socket.socket) -> None:
+    """
+    attempt() is connect() without a Deferred: on loopback it reports
+    before it returns.
+    """
+    client = lean.TCPClient(reactor, socket.AF_INET, "127.0.0.1", listener.getsockname()[1])
+    results: list[Any] = []
+    attempt = client.attempt(Factory.forProtocol(Recorder), results.append, results.append)
+    assert attempt.done
+    (protocol,) = results
+    assert isinstance(protocol, Recorder) and protocol.events == ["made"]
+    attempt.cancel()  # (too late: nothing happens)
+    assert results == [protocol]
+    protocol.transport.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest.mark.usefixtures("handshake_pending")
+def test_tcp_client_attempt_cancelled(reactor: Any, listener: socket.socket) -> None:
+    client = lean.TCPClient(reactor, socket.AF_INET, "127.0.0.1", listener.getsockname()[1])
+    connected: list[Any] = []
+    failed: list[Failure] = []
+    attempt = client.attempt(Factory.forProtocol(Recorder), connected.append, failed.append)
+    assert not attempt.done and attempt in reactor.getWriters()
+    attempt.cancel()
+    assert attempt.done and not connected
+    assert failed[0].check(ConnectingCancelledError)
+    assert not reactor.getWriters() and not client._deadlines
+    attempt.cancel()
+    assert len(failed) == 1
+
+
 def test_tcp_client_refused(reactor: Any) -> None:
     unused = socket.create_server(("127.0.0.1", 0))
     port = unused.getsockname()[1]
