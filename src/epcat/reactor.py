@@ -7,12 +7,13 @@ C{EPollReactor.doPoll} wraps every event in C{log.callWithLogger}, which
 asks the descriptor for its C{logPrefix()}, pushes a context dictionary for
 Twisted's legacy logging (C{twisted.python.context}) and pops it again:
 about 2 us of Python per event, a tenth of what a kept-alive request costs
-epcat.  The plain events (readable, or writable, with no hang-up or error
-flag) also go straight to C{doRead}/C{doWrite}, with the same handling of
-what they return or raise as C{_PollLikeMixin._doReadOrWrite}, which still
-handles every other event.  epcat shows Twisted's log messages only at C{-vv}, where a message
-logged from inside a handler now has the system C{"-"} rather than the
-descriptor's prefix; an exception escaping a handler is still logged
+epcat.  The plain events (readable, or writable, with no error flag; a
+hang-up only along with readable, when Twisted too just reads) also go
+straight to C{doRead}/C{doWrite}, with the same handling of what they return
+or raise as C{_PollLikeMixin._doReadOrWrite}, which still handles every
+other event.  epcat shows Twisted's log messages only at C{-vv}, where a
+message logged from inside a handler now has the system C{"-"} rather than
+the descriptor's prefix; an exception escaping a handler is still logged
 (C{log.err}) and the descriptor is disconnected, as Twisted does.  The main
 loop skips the timed-call bookkeeping in rounds that have none to do.
 Everything else (registration, timers, signals, threads) is Twisted's.
@@ -34,6 +35,9 @@ _log = Logger()
 
 _IN = getattr(select, "EPOLLIN", 1)
 _OUT = getattr(select, "EPOLLOUT", 4)
+#: readable and hung up: the last event of most connections (the peer's
+#: FIN after ours); _doReadOrWrite only reads then, as for plain EPOLLIN
+_IN_HUP = _IN | getattr(select, "EPOLLHUP", 16)
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -61,12 +65,12 @@ class EPollReactor(epollreactor.EPollReactor):
             if selectable is None:
                 continue
             try:
-                if event in (_IN, _OUT):
+                if event in (_IN, _OUT, _IN_HUP):
                     # The common events, readable or writable and nothing
-                    # else (no hang-up, no error), handled as
-                    # _doReadOrWrite handles them, without its checks for
-                    # the rest.
-                    in_read = event == _IN
+                    # else (no error; a hang-up only with data or EOF to
+                    # read), handled as _doReadOrWrite handles them,
+                    # without its checks for the rest.
+                    in_read = event != _OUT
                     try:
                         why = selectable.doRead() if in_read else selectable.doWrite()
                     except BaseException:

@@ -118,6 +118,36 @@ def test_what_a_handler_returns_disconnects(reactor: Any) -> None:
         assert reader not in reactor.getReaders()
 
 
+def test_readable_and_hung_up_reads_then_disconnects(reactor: Any) -> None:
+    """
+    EPOLLIN with EPOLLHUP (the peer's last bytes and its close) is read as
+    plain EPOLLIN is: the data, then at the next read EOF.
+    """
+    from twisted.internet.main import CONNECTION_DONE
+
+    class Draining(Reader):
+        def doRead(self) -> Any:
+            data = self.sock.recv(100)
+            self.reads.append(data)
+            return None if data else CONNECTION_DONE
+
+    slow_path: list[int] = []
+    reactor._doReadOrWrite = lambda selectable, fd, event: slow_path.append(event)
+    a, b = socket.socketpair()
+    with a:
+        reader = Draining(a)
+        reactor.addReader(reader)
+        b.sendall(b"last")
+        b.close()
+        reactor.doIteration(5)
+        assert reader.reads == [b"last"] and not reader.lost
+        reactor.doIteration(5)
+        assert reader.reads == [b"last", b""]
+        assert reader.lost and reader.lost[0].check(ConnectionDone)
+        assert reader not in reactor.getReaders()
+    assert slow_path == []  # (both events were EPOLLIN|EPOLLHUP)
+
+
 def test_main_loop_runs_timed_calls_and_calls_from_threads(reactor: Any) -> None:
     """
     The main loop skips the timed-call bookkeeping only in rounds without
