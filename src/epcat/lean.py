@@ -667,9 +667,10 @@ class TCPClient:
 @implementer(IReadWriteDescriptor)
 class _Connecting:
     """
-    One connection attempt of a L{TCPClient}: the socket waits to be
-    writable (the end of a non-blocking C{connect(2)}), then C{SO_ERROR}
-    tells how it went.
+    One connection attempt of a L{TCPClient}: a non-blocking
+    C{connect(2)}, over at once when a second C{connect(2)} says so (as on
+    loopback), else when the socket turns writable and C{SO_ERROR} tells
+    how it went.
     """
 
     __slots__ = (
