@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 from typing import Any
 
@@ -143,6 +144,21 @@ _EXAMPLES = {
 }
 
 
+#: systemd's variables as epcat found them at start-up: Twisted's systemd:
+#: endpoint deletes LISTEN_FDS (and LISTEN_PID) once it has read them
+_STARTED_WITH = {name: os.environ.get(name) for name in ("LISTEN_FDS", "LISTEN_FDNAMES")}
+
+
+def _fds_without_names() -> bool:
+    """
+    Was epcat given inherited descriptors (C{LISTEN_FDS}) without their
+    names (C{LISTEN_FDNAMES}), as C{systemd-socket-activate} does without
+    C{--fdname}?
+    """
+    env: Any = os.environ if "LISTEN_FDS" in os.environ else _STARTED_WITH
+    return bool(env.get("LISTEN_FDS")) and env.get("LISTEN_FDNAMES") is None
+
+
 def explain_parse_error(description: str, kind: str, error: BaseException) -> str:
     """
     Turn an exception from Twisted's description parsers into one line that
@@ -182,6 +198,14 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
     if isinstance(error, RuntimeError) and "StopIteration" in text:
         return f"{quoted}: it ends in a lone backslash; escape a colon as '\\:'"
     if isinstance(error, IndexError) and etype == "systemd":
+        if _fds_without_names():
+            # (systemd-socket-activate without --fdname: Twisted's ListenFDs
+            # takes descriptors without names as no descriptors at all)
+            return (
+                f"{quoted}: LISTEN_FDS is set without LISTEN_FDNAMES, which Twisted "
+                "takes as no inherited socket; systemd always sets both, and "
+                "systemd-socket-activate does with --fdname=NAME"
+            )
         return (
             f"{quoted}: no inherited socket at that index or name "
             "(is epcat started by systemd or systemd-socket-activate?)"

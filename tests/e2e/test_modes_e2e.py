@@ -249,3 +249,31 @@ def test_systemd_socket_activation(spawn, nginx, select):
     assert address == f"127.0.0.1:{port}"
     assert proc.popen.poll() is None, proc.describe()  # still serving
     no_traceback(proc.err)
+
+
+@pytest.mark.timeout(60)
+def test_systemd_socket_activation_without_fdname_says_what_to_add(spawn):
+    """
+    systemd-socket-activate without --fdname sets LISTEN_FDS but not
+    LISTEN_FDNAMES, which Twisted's systemd: endpoint takes as no socket:
+    epcat says so in one line, names the missing option, and exits 2.
+    """
+    activate = require("systemd-socket-activate")
+    for _ in range(5):
+        port = free_port()
+        proc = spawn(
+            [activate, "-l", f"127.0.0.1:{port}", *EPCAT,
+             "listen", "systemd:domain=INET:index=0", "connect", "tcp:127.0.0.1:9"],
+            name="systemd-socket-activate",
+        )
+        m = proc.wait_stderr(r"^Listening on |[Aa]ddress already in use")
+        if "in use" not in m.string:
+            break
+        proc.kill()  # the free port was taken meanwhile: pick another
+    else:
+        pytest.fail("no free port for systemd-socket-activate")
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        # (the first connection makes systemd-socket-activate exec epcat)
+        proc.wait_stderr(r"^epcat: error: .*without LISTEN_FDNAMES.*--fdname=NAME")
+    assert proc.popen.wait(timeout=30) == 2, proc.describe()
+    no_traceback(proc.err)

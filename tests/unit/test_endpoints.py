@@ -189,6 +189,20 @@ def test_explain_parse_error_directly() -> None:
     assert message.endswith(": KeyError")
 
 
+def test_explain_systemd_without_fdnames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    systemd-socket-activate without --fdname sets LISTEN_FDS alone, which
+    Twisted ignores: the message says what to add.
+    """
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+    message = explain_parse_error("systemd:domain=INET:index=0", "server", IndexError("list"))
+    assert "without LISTEN_FDNAMES" in message and "--fdname=NAME" in message
+    monkeypatch.setenv("LISTEN_FDNAMES", "web")
+    message = explain_parse_error("systemd:domain=INET:index=3", "server", IndexError("list"))
+    assert "no inherited socket at that index or name" in message
+
+
 def test_explain_strips_the_function_name_from_type_errors() -> None:
     error = TypeError("_parseFoo() takes 2 positional arguments but 3 were given")
     message = explain_parse_error("foo:a:b", "server", error)
