@@ -434,7 +434,11 @@ def commands():
 threading.Thread(target=commands, daemon=True).start()
 say(f"port {listener.getsockname()[1]}")
 while True:
-    for key, mask in sel.select():
+    # Connections first, the listener last: a connection the relay closed
+    # just before opening a new one is counted out before the new one is
+    # counted in (the FIN came first), so "max" is what the relay held at
+    # once, not what this process had yet to notice had closed.
+    for key, mask in sorted(sel.select(), key=lambda event: event[0].data is None):
         c = key.data
         if c is None:
             for _ in range(256):
