@@ -54,6 +54,10 @@ CLOSE_GRACE = 2.0
 #: Seconds epcat stops accepting after running out of file descriptors.
 EMFILE_PAUSE = 0.5
 
+#: finished pairs let go of a reactor round later when this many pile up
+#: with no accept in between (Runner._let_go_finished)
+LET_GO_BATCH = 64
+
 
 class CrlfTranslator:
     """
@@ -277,6 +281,8 @@ class Runner:
         )
         self.access = AccessList(options.allow, options.deny)
         self.pairs: set[Pair] = set()
+        #: pairs finished since the last accept (see _let_go_finished)
+        self._finished_pairs: list[Pair] = []
         #: (one bound method for every pair, not one each)
         self._on_event_callback = self._on_event
         self.ports: list[Any] = []
@@ -492,6 +498,8 @@ class Runner:
         A connection arrived: refuse it, queue it, or start relaying it.
         """
         plan = self.plan
+        if self._finished_pairs:
+            self._let_go_finished()
         if self._stopping or (self.one_connection and self._served):
             return None
         # (behind a haproxy: listener, addr is the one the PROXY header carried)
@@ -523,6 +531,18 @@ class Runner:
         if not self._below_limit():
             self._pause_accepting()
         return pair.inbound
+
+    def _let_go_finished(self) -> None:
+        """
+        Let go of the pairs finished since the last call (L{Pair.let_go}):
+        called from a later event than the one they finished in (the next
+        accept, or a round after L{LET_GO_BATCH} have piled up), when every
+        handler that saw them finish has returned.
+        """
+        finished = self._finished_pairs
+        for pair in finished:
+            pair.let_go()
+        finished.clear()
 
     def _below_limit(self) -> bool:
         """
@@ -860,6 +880,13 @@ class Runner:
         if pair in self.queue:
             self.queue.remove(pair)
         self._started.discard(pair)
+        if self.plan.mode == modes.RELAY:
+            # (a relay's pairs, one per connection; see _let_go_finished)
+            finished = self._finished_pairs
+            finished.append(pair)
+            if len(finished) == LET_GO_BATCH:
+                # (no accept to let them go at for a while: a round from now)
+                self.reactor.callLater(0, self._let_go_finished)
         if self.plan.listen_options.max_connections is not None:
             self._admit_queued()
 

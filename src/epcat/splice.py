@@ -116,15 +116,21 @@ class _End:
     def logPrefix(self) -> str:
         return "epcat-splice"
 
+    # (after the engine has stopped, engine is None and the reactor no
+    # longer knows this end)
+
     def doRead(self) -> None:
-        self.engine._readable(self)
+        if self.engine is not None:
+            self.engine._readable(self)
 
     def doWrite(self) -> None:
-        self.engine._writable(self)
+        if self.engine is not None:
+            self.engine._writable(self)
 
     def connectionLost(self, reason: Failure) -> None:
         # the reactor gave up on the descriptor (e.g. an error from epoll)
-        self.engine._failed(self, reason)
+        if self.engine is not None:
+            self.engine._failed(self, reason)
 
     # ours
 
@@ -231,6 +237,10 @@ class SpliceEngine:
         self.stopped = True
         for end in self._ends:
             end.release()
+            # (the engine, its ends and its directions refer to each other:
+            # cut the ends' links, so that all of it is freed with the last
+            # outside reference rather than by the garbage collector)
+            end.engine = end.reads = end.writes = None
         for direction in self.directions:
             direction.close_pipe()
         self.pair.splice = None

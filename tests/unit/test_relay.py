@@ -871,6 +871,27 @@ def test_pause_until_joined_then_zero_copy_join_resumes() -> None:
     assert tin.producerState == "producing"
 
 
+def test_a_finished_pair_lets_go_of_its_cycles() -> None:
+    """
+    let_go() cuts the pair <-> side and side <-> peer links (so a relay's
+    finished pairs are freed by reference counting, not by the garbage
+    collector); only for a finished pair.
+    """
+    h = Harness()
+    h.join()
+    with pytest.raises(AssertionError):
+        h.pair.let_go()
+    inbound, outbound = h.pair.inbound, h.pair.outbound
+    inbound.connectionLost(done_reason())
+    outbound.connectionLost(done_reason())
+    assert h.done
+    h.pair.let_go()
+    assert inbound.pair is None and outbound.pair is None
+    assert inbound.peer is None and outbound.peer is None
+    assert h.pair.inbound is inbound  # (what the pair reports stays)
+    inbound.connectionLost(done_reason())  # (a late call changes nothing)
+
+
 def test_transform_applies_to_held_and_relayed_bytes() -> None:
     h = Harness()
     h.connect_inbound()
