@@ -573,6 +573,20 @@ def recv_all(sock: socket.socket, chunk: int = 1 << 18) -> bytes:
         parts.append(data)
 
 
+def exchange(sock: socket.socket, upload: bytes) -> bytes:
+    """
+    Send C{upload} and half-close (from a thread) while reading everything
+    that comes back on C{sock}.
+    """
+    sender = threading.Thread(
+        target=lambda: (sock.sendall(upload), sock.shutdown(socket.SHUT_WR)), daemon=True
+    )
+    sender.start()
+    received = recv_all(sock)
+    sender.join(WAIT)
+    return received
+
+
 class Server:
     """
     A listening socket (TCP on 127.0.0.1:0, or UNIX) whose accepted

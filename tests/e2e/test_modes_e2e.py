@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import threading
+from typing import Any
 
 import pytest
 
 from .conftest import (
     EPCAT,
     WAIT,
+    exchange,
     free_port,
     no_traceback,
     recv_all,
@@ -189,13 +190,7 @@ def test_connect_connect_joins_two_servers(epcat_proc, server):
     payload = os.urandom(1_500_000)  # more than epcat holds before B is up
 
     def a_handler(conn: socket.socket) -> bytes:
-        sender = threading.Thread(
-            target=lambda: (conn.sendall(payload), conn.shutdown(socket.SHUT_WR)), daemon=True
-        )
-        sender.start()
-        echoed = recv_all(conn)
-        sender.join(WAIT)
-        return echoed
+        return exchange(conn, payload)
 
     def b_echo(conn: socket.socket) -> bytes:
         received = []
@@ -216,6 +211,23 @@ def test_connect_connect_joins_two_servers(epcat_proc, server):
     no_traceback(ep.err)
 
 
+def _socket_activated(spawn: Any, *args: str) -> tuple[Any, int]:
+    """
+    C{systemd-socket-activate -l 127.0.0.1:PORT ARGS...} on a free port: the
+    process (once it listens) and the port.
+    """
+    activate = require("systemd-socket-activate")
+    for _ in range(5):
+        port = free_port()
+        proc = spawn([activate, "-l", f"127.0.0.1:{port}", *args],
+                     name="systemd-socket-activate")
+        m = proc.wait_stderr(r"^Listening on |[Aa]ddress already in use")
+        if "in use" not in m.string:
+            return proc, port
+        proc.kill()  # the free port was taken meanwhile: pick another
+    pytest.fail("no free port for systemd-socket-activate")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("select", ["name=web", "index=0"])
 def test_systemd_socket_activation(spawn, nginx, select):
@@ -223,21 +235,11 @@ def test_systemd_socket_activation(spawn, nginx, select):
     systemd-socket-activate -l 127.0.0.1:PORT --fdname=web epcat -v listen
     systemd:domain=INET:SELECT connect tcp:127.0.0.1:NGINX, then curl.
     """
-    activate = require("systemd-socket-activate")
     curl = require("curl")
-    for _ in range(5):
-        port = free_port()
-        proc = spawn(
-            [activate, "-l", f"127.0.0.1:{port}", "--fdname=web", *EPCAT, "-v",
-             "listen", f"systemd:domain=INET:{select}", "connect", f"tcp:127.0.0.1:{nginx.port}"],
-            name="systemd-socket-activate",
-        )
-        m = proc.wait_stderr(r"^Listening on |[Aa]ddress already in use")
-        if "in use" not in m.string:
-            break
-        proc.kill()  # the free port was taken meanwhile: pick another
-    else:
-        pytest.fail("no free port for systemd-socket-activate")
+    proc, port = _socket_activated(
+        spawn, "--fdname=web", *EPCAT, "-v",
+        "listen", f"systemd:domain=INET:{select}", "connect", f"tcp:127.0.0.1:{nginx.port}",
+    )
     for _ in range(2):  # the first request starts epcat; the second finds it running
         result = subprocess.run(
             [curl, "--noproxy", "*", "-sS", "--max-time", "20", f"http://127.0.0.1:{port}/"],
@@ -258,20 +260,9 @@ def test_systemd_socket_activation_without_fdname_says_what_to_add(spawn):
     LISTEN_FDNAMES, which Twisted's systemd: endpoint takes as no socket:
     epcat says so in one line, names the missing option, and exits 2.
     """
-    activate = require("systemd-socket-activate")
-    for _ in range(5):
-        port = free_port()
-        proc = spawn(
-            [activate, "-l", f"127.0.0.1:{port}", *EPCAT,
-             "listen", "systemd:domain=INET:index=0", "connect", "tcp:127.0.0.1:9"],
-            name="systemd-socket-activate",
-        )
-        m = proc.wait_stderr(r"^Listening on |[Aa]ddress already in use")
-        if "in use" not in m.string:
-            break
-        proc.kill()  # the free port was taken meanwhile: pick another
-    else:
-        pytest.fail("no free port for systemd-socket-activate")
+    proc, port = _socket_activated(
+        spawn, *EPCAT, "listen", "systemd:domain=INET:index=0", "connect", "tcp:127.0.0.1:9",
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10):
         # (the first connection makes systemd-socket-activate exec epcat)
         proc.wait_stderr(r"^epcat: error: .*without LISTEN_FDNAMES.*--fdname=NAME")

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from .conftest import WAIT, free_port, no_traceback, recv_all
+from .conftest import WAIT, exchange, free_port, no_traceback, recv_all
 
 pytestmark = pytest.mark.e2e
 
@@ -44,20 +44,6 @@ def _answer_after_eof(download: bytes):
     return backend
 
 
-def _exchange(client: socket.socket, upload: bytes) -> bytes:
-    """
-    Send C{upload} and half-close (from a thread) while reading everything
-    that comes back.
-    """
-    sender = threading.Thread(
-        target=lambda: (client.sendall(upload), client.shutdown(socket.SHUT_WR)), daemon=True
-    )
-    sender.start()
-    received = recv_all(client)
-    sender.join(WAIT)
-    return received
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "no_splice, no_lean",
@@ -80,7 +66,7 @@ def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
         env["EPCAT_NO_LEAN"] = "1"
     ep, port = _relay(epcat_proc, srv.address, env=env)
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
-        received = _exchange(client, upload)
+        received = exchange(client, upload)
     assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
     ep.wait_stderr(r"\[1\] closed: ")
@@ -228,7 +214,7 @@ def test_unix_listener_to_tcp(epcat_proc, server, short_dir):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(WAIT)
         client.connect(str(path))
-        received = _exchange(client, upload)
+        received = exchange(client, upload)
     assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
     ep.wait_stderr(r"\[1\] closed: 8388608 bytes inbound->outbound, 8388608 bytes")

@@ -414,6 +414,17 @@ def _connect(reactor: Any, port: int, timeout: float = 30) -> tuple[Deferred[Any
     return attempt, (connecting[0] if connecting else None)
 
 
+def _reads_from_its_server(listener: socket.socket, transport: Any, protocol: Any) -> None:
+    """A connected lean transport reads what its server sends, then closes."""
+    server, _ = listener.accept()
+    server.sendall(b"hi")
+    _readable(transport.socket)
+    transport.doRead()
+    assert protocol.data == b"hi"
+    transport.connectionLost(Failure(ConnectionDone()))
+    server.close()
+
+
 def _connected(connecting: Any, results: list[Any]) -> Any:
     """Let a pending attempt finish as the reactor would; its protocol."""
     _writable(connecting.sock)
@@ -434,13 +445,7 @@ def test_tcp_client_connects(reactor: Any, listener: socket.socket) -> None:
     assert transport.getPeer() == IPv4Address("TCP", "127.0.0.1", listener.getsockname()[1])
     assert connecting not in reactor.getWriters()
     assert not connecting.client._deadlines  # no longer timed
-    server, _ = listener.accept()
-    server.sendall(b"hi")
-    _readable(transport.socket)
-    transport.doRead()
-    assert protocol.data == b"hi"
-    transport.connectionLost(Failure(ConnectionDone()))
-    server.close()
+    _reads_from_its_server(listener, transport, protocol)
 
 
 def test_tcp_client_connected_at_once(reactor: Any, listener: socket.socket) -> None:
@@ -458,13 +463,7 @@ def test_tcp_client_connected_at_once(reactor: Any, listener: socket.socket) -> 
     assert not [c for c in reactor.getDelayedCalls() if c.active()]
     transport = protocol.transport
     assert transport in reactor.getReaders()
-    server, _ = listener.accept()
-    server.sendall(b"hi")
-    _readable(transport.socket)
-    transport.doRead()
-    assert protocol.data == b"hi"
-    transport.connectionLost(Failure(ConnectionDone()))
-    server.close()
+    _reads_from_its_server(listener, transport, protocol)
 
 
 def test_tcp_client_attempt_reports_to_callables(reactor: Any, listener: socket.socket) -> None:

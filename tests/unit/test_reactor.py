@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -58,6 +57,25 @@ def reactor() -> Any:
     r._poller.close()
 
 
+@pytest.fixture
+def logged_failures() -> Any:
+    """The failures logged (log.err, Logger.failure) while a test runs."""
+    from twisted.logger import globalLogPublisher
+
+    failures: list[Failure] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        # (new-style events carry log_failure; legacy log.err ones, failure)
+        failure = event.get("log_failure") or (event.get("failure") if event.get("isError")
+                                               else None)
+        if failure is not None:
+            failures.append(failure)
+
+    globalLogPublisher.addObserver(observer)
+    yield failures
+    globalLogPublisher.removeObserver(observer)
+
+
 def test_readiness_reaches_the_descriptor(reactor: Any) -> None:
     a, b = socket.socketpair()
     with a, b:
@@ -69,26 +87,18 @@ def test_readiness_reaches_the_descriptor(reactor: Any) -> None:
         reactor.removeReader(reader)
 
 
-def test_a_failing_handler_is_logged_and_disconnected(reactor: Any) -> None:
-    errors: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if event.get("isError"):
-            errors.append(event)
-
-    log.addObserver(observer)
+def test_a_failing_handler_is_logged_and_disconnected(
+    reactor: Any, logged_failures: list[Failure]
+) -> None:
     a, b = socket.socketpair()
-    try:
-        with a, b:
-            reader = Reader(a, fail=True)
-            reactor.addReader(reader)
-            b.sendall(b"ping")
-            reactor.doIteration(5)
-            assert reader.lost and reader.lost[0].check(RuntimeError)
-            assert reader not in reactor.getReaders()
-    finally:
-        log.removeObserver(observer)
-    assert errors and errors[0]["failure"].check(RuntimeError)
+    with a, b:
+        reader = Reader(a, fail=True)
+        reactor.addReader(reader)
+        b.sendall(b"ping")
+        reactor.doIteration(5)
+        assert reader.lost and reader.lost[0].check(RuntimeError)
+        assert reader not in reactor.getReaders()
+    assert logged_failures and logged_failures[0].check(RuntimeError)
 
 
 def test_timeout_with_nothing_ready(reactor: Any) -> None:
@@ -181,15 +191,9 @@ def test_main_loop_runs_timed_calls_and_calls_from_threads(reactor: Any) -> None
     assert seen == ["thread", "read"]
 
 
-def test_an_error_in_a_round_is_logged_and_the_loop_goes_on(reactor: Any) -> None:
-    from twisted.logger import globalLogPublisher
-
-    failures: list[Any] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            failures.append(event["log_failure"])
-
+def test_an_error_in_a_round_is_logged_and_the_loop_goes_on(
+    reactor: Any, logged_failures: list[Failure]
+) -> None:
     rounds: list[Any] = []
     real = reactor.doIteration
 
@@ -201,10 +205,6 @@ def test_an_error_in_a_round_is_logged_and_the_loop_goes_on(reactor: Any) -> Non
 
     reactor.doIteration = flaky
     reactor.callLater(0.01, reactor.stop)
-    globalLogPublisher.addObserver(observer)
-    try:
-        reactor.run(installSignalHandlers=False)
-    finally:
-        globalLogPublisher.removeObserver(observer)
+    reactor.run(installSignalHandlers=False)
     assert len(rounds) > 1
-    assert [f.value.args for f in failures if f.check(RuntimeError)] == [("round bug",)]
+    assert [f.value.args for f in logged_failures if f.check(RuntimeError)] == [("round bug",)]
