@@ -222,10 +222,9 @@ class SpliceEngine:
         end_a.reads = end_b.writes = self.directions[0]
         end_b.reads = end_a.writes = self.directions[1]
         for direction in self.directions:
-            if direction.pending or direction.eof:
-                self._pump(direction)
-            else:
-                self._interest(direction, read=True, write=False)  # at rest
+            # (one with nothing to move goes to rest at once; _pump also
+            # does nothing once the other's failure has stopped the engine)
+            self._pump(direction)
 
     def stop(self) -> None:
         """

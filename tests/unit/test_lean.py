@@ -623,3 +623,32 @@ def test_tcp_client_cancelled_while_resolving(reactor: Any) -> None:
     assert results[0].check(ConnectingCancelledError)
     pending.callback("127.0.0.1")  # the late answer changes nothing
     assert not reactor.getWriters() and not client._deadlines
+
+
+def test_splice_start_whose_first_write_fails(reactor: Any) -> None:
+    """
+    A zero-copy pair whose held bytes cannot be written (the outbound peer
+    is gone) stops the engine at start; the other direction, at rest, is
+    left alone rather than registered with a stopped engine.
+    """
+    from epcat.relay import Pair
+
+    pair = Pair(reactor, 1)
+    pair.fast_path = True
+    ours_in, theirs_in = socket.socketpair()
+    ours_out, theirs_out = socket.socketpair()
+    theirs_out.close()  # (writing to ours_out: EPIPE)
+    for ours in (ours_in, ours_out):
+        ours.setblocking(False)
+    lean.SocketTransport(reactor, ours_in).attach(pair.inbound)
+    theirs_in.sendall(b"request")
+    _readable(ours_in)
+    pair.inbound.transport.doRead()  # (held: the outbound is not up yet)
+    lean.SocketTransport(reactor, ours_out).attach(pair.outbound)  # joins, splices
+    assert pair.splice is None  # (stopped at once)
+    reactor.advance(0)  # (an abort reports from the reactor)
+    assert pair.outbound.lost
+    for transport in (pair.inbound.transport, pair.outbound.transport):
+        if not transport.disconnected:
+            transport.connectionLost(Failure(ConnectionDone()))
+    theirs_in.close()
