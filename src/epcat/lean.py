@@ -612,9 +612,9 @@ class TCPClient:
             self.destination = IPv6Address("TCP", host, port)
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
-        attempt = _Connecting(self, factory)
+        # (cancelling can only come after attempt() has returned)
         result: defer.Deferred[Any] = defer.Deferred(lambda _: attempt.cancel())
-        attempt.start(result.callback, result.errback)
+        attempt = self.attempt(factory, result.callback, result.errback)
         return result
 
     def attempt(self, factory: Any, connected: Any, failed: Any) -> _Connecting:
@@ -632,9 +632,7 @@ class TCPClient:
             called with L{error.ConnectingCancelledError}) and whose C{done}
             says whether it has reported.
         """
-        attempt = _Connecting(self, factory)
-        attempt.start(connected, failed)
-        return attempt
+        return _Connecting(self, factory, connected, failed)
 
     # One timer for all attempts, not a DelayedCall made and cancelled for
     # each: every attempt of this endpoint has the same timeout, so their
@@ -678,7 +676,11 @@ class _Connecting:
         "_failed_with",
     )
 
-    def __init__(self, client: TCPClient, factory: Any) -> None:
+    def __init__(self, client: TCPClient, factory: Any, connected: Any, failed: Any) -> None:
+        """
+        Begin: C{connected(protocol)} or C{failed(failure)} is called once
+        (possibly before this returns).
+        """
         self.client = client
         self.factory = factory
         self.done = False
@@ -686,16 +688,8 @@ class _Connecting:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.destination = client.destination
-        self._connected_to: Any = None
-        self._failed_with: Any = None
-
-    def start(self, connected: Any, failed: Any) -> None:
-        """
-        Begin: C{connected(protocol)} or C{failed(failure)} is called once.
-        """
         self._connected_to = connected
         self._failed_with = failed
-        client = self.client
         if client.resolve:
             client._watch(self)  # (the timeout covers the lookup too)
             client.reactor.resolve(client.host).addCallbacks(self._resolved, self._not_found)

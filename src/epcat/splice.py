@@ -265,7 +265,7 @@ class SpliceEngine:
         pipe) goes on in L{_pump}.
         """
         try:
-            pipe = _pool.pop() if _pool else _make_pipe()
+            pipe = _acquire_pipe()
         except OSError:
             self._pump(d, True)  # (out of descriptors: its fallback)
             return
@@ -320,7 +320,7 @@ class SpliceEngine:
                         raise BlockingIOError(errno.EAGAIN, "partial send")
                     continue
                 if d.in_pipe:
-                    moved = os.splice(d.pipe[0], d.sink.fd, d.in_pipe, flags=_FLAGS)
+                    moved = _splice(d.pipe[0], d.sink.fd, d.in_pipe, flags=_FLAGS)
                     d.in_pipe -= moved
                     if not d.in_pipe and drained:
                         # The last read took less than the pipe holds: the
@@ -345,7 +345,7 @@ class SpliceEngine:
                         # out of descriptors (EMFILE): go on without splice
                         self._fall_back()
                         return
-                moved = os.splice(d.source.fd, d.pipe[1], d.pipe[2], flags=_FLAGS)
+                moved = _splice(d.source.fd, d.pipe[1], d.pipe[2], flags=_FLAGS)
                 if moved == 0:
                     d.eof = True
                     continue
