@@ -111,7 +111,7 @@ class SocketTransport:
         "reactor", "socket", "fd", "protocol", "family", "disconnected", "connected",
         "_peer", "_host", "_reading", "_writing", "_buffer", "_buffered", "_producer",
         "_paused_producer", "_closing", "_aborting", "_write_closing", "_write_closed",
-        "_half_close", "_end", "_ended",
+        "_half_close", "_end", "_ended", "_read_closed",
     )
 
     def __init__(self, reactor: Any, sock: socket.socket, peer: Any = None,
@@ -146,6 +146,8 @@ class SocketTransport:
         #: the splice engine's end (L{epcat.splice._End}) while it owns the socket
         self._end: Any = None
         self._ended = False
+        #: the peer's FIN has been read
+        self._read_closed = False
 
     def attach(self, protocol: Any) -> None:
         """
@@ -232,6 +234,7 @@ class SocketTransport:
             self._end.connectionLost(reason)
             return
         self.stopReading()
+        self._read_closed = True
         if self._half_close:
             self.protocol.readConnectionLost()
         else:
@@ -391,6 +394,12 @@ class SocketTransport:
             return
         self._closing = True
         self.stopReading()
+        if self._read_closed and self._write_closed and not self._buffer:
+            # Both directions are shut down already: nothing to flush, and
+            # the reactor would report the hung-up socket (EPOLLHUP, not
+            # reading) as lost rather than closed.
+            self.reactor.callLater(0, self.connectionLost, Failure(error.ConnectionDone()))
+            return
         self.startWriting()  # (doWrite finds the buffer empty, or flushes it)
 
     def loseWriteConnection(self) -> None:

@@ -230,6 +230,28 @@ def test_lose_write_connection_half_closes(reactor: Any, pair: Any) -> None:
     assert protocol.data == b"answer"
 
 
+def test_lose_connection_after_both_halves_closed(reactor: Any, pair: Any) -> None:
+    """
+    With the peer's FIN read and ours sent, closing has nothing to flush:
+    it reports a clean close from the reactor, rather than waiting on a
+    hung-up socket that the reactor would report as lost.
+    """
+    transport, theirs, protocol = pair
+    theirs.shutdown(socket.SHUT_WR)
+    _readable(transport.socket)
+    assert transport.doRead() is CONNECTION_DONE
+    transport.readConnectionLost(Failure(ConnectionDone()))
+    transport.loseWriteConnection()
+    assert transport.doWrite() is None  # (shut down)
+    transport.loseConnection()
+    assert transport not in reactor.getWriters()
+    assert protocol.events == ["made", "readConnectionLost", "writeConnectionLost"]
+    reactor.advance(0)
+    assert protocol.events[-1] == "connectionLost"
+    assert protocol.reason.check(ConnectionDone)
+    assert transport.disconnected
+
+
 def test_abort_drops_the_buffer_and_reports_later(reactor: Any, pair: Any) -> None:
     transport, theirs, protocol = pair
     transport.abortConnection()
