@@ -89,6 +89,25 @@ class EPollReactor(epollreactor.EPollReactor):
 
     doIteration = doPoll
 
+    def forget(self, selectable: Any) -> None:
+        """
+        Stop watching C{selectable}, whose descriptor the caller is about to
+        close, without an C{epoll_ctl(EPOLL_CTL_DEL)}: closing the last
+        descriptor of an open file removes it from every epoll set
+        (epoll(7), "Will closing a file descriptor cause it to be removed
+        from all epoll interest lists?").  Only for descriptors never
+        duplicated (epcat's sockets are close-on-exec and not dup()ed), and
+        the descriptor must be closed before the next poll.
+
+        @param selectable: a reader and/or writer added with C{addReader} or
+            C{addWriter}.
+        """
+        fd = selectable.fileno()
+        if self._selectables.get(fd) is selectable:
+            del self._selectables[fd]
+            self._reads.discard(fd)
+            self._writes.discard(fd)
+
     def mainLoop(self) -> None:
         """
         Twisted's main loop, skipping the timed-call bookkeeping

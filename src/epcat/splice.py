@@ -148,6 +148,22 @@ class _End:
             self.engine.reactor.removeWriter(self.selectable)
         self.writing = on
 
+    def forget(self) -> None:
+        """
+        Drop all interest in a socket that is about to be closed, without
+        telling the kernel: closing it takes it out of the epoll set
+        (L{epcat.reactor.EPollReactor.forget}).  Other reactors are told
+        as usual.
+        """
+        forget = getattr(self.engine.reactor, "forget", None)
+        if forget is None:
+            self.want_read(False)
+            self.want_write(False)
+            return
+        if self.reading or self.writing:
+            forget(self.selectable)
+        self.reading = self.writing = False
+
     def release(self) -> None:
         """
         The engine is done with the socket: no more interest in it, and a
@@ -410,15 +426,25 @@ class SpliceEngine:
         source.read_ended = True
         if pair.tap is not None:
             pair.tap.ended(pair, source)
-        d.source.want_read(False)
-        d.sink.want_write(False)
-        try:
-            d.sink.transport.socket.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        first, second = self.directions
+        if first.done and second.done and d.source.selectable is d.source.transport and (
+            d.sink.selectable is d.sink.transport
+        ):
+            # The last direction, between lean sockets (closed just below,
+            # by _finish): closing the sink sends the FIN that a shutdown
+            # would, as its own input has ended too (nothing unread to make
+            # it a reset), and closing the source takes it out of the epoll
+            # set.  Two system calls fewer per connection.
+            d.source.forget()
+        else:
+            d.source.want_read(False)
+            d.sink.want_write(False)
+            try:
+                d.sink.transport.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         sink.write_ended = True
         sink.write_shutdown_sent = True
-        first, second = self.directions
         if (first.done and second.done) or pair.eof_closes:
             self._finish()
         else:

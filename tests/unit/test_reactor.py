@@ -101,6 +101,44 @@ def test_a_failing_handler_is_logged_and_disconnected(
     assert logged_failures and logged_failures[0].check(RuntimeError)
 
 
+def test_forget_then_close_leaves_the_epoll_set(reactor: Any) -> None:
+    """
+    A descriptor forgotten and then closed is gone from the reactor and
+    from the kernel's epoll set: a new socket that gets the same number
+    registers afresh, and only it is reported.
+    """
+    a, b = socket.socketpair()
+    reader = Reader(a)
+    reactor.addReader(reader)
+    b.sendall(b"unread")
+    fd = a.fileno()
+    reactor.forget(reader)
+    assert reader not in reactor.getReaders()
+    a.close()
+    b.close()
+    c, d = socket.socketpair()
+    with c, d:
+        again = c if c.fileno() == fd else d  # (the lowest free number: fd)
+        assert again.fileno() == fd
+        other = d if again is c else c
+        new = Reader(again)
+        reactor.addReader(new)  # (EPOLL_CTL_ADD: EEXIST if fd were still there)
+        other.sendall(b"fresh")
+        reactor.doIteration(5)
+        assert new.reads == [b"fresh"] and reader.reads == []
+        reactor.removeReader(new)
+
+
+def test_forget_leaves_another_descriptor_alone(reactor: Any) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        reader, stranger = Reader(a), Reader(a)
+        reactor.addReader(reader)
+        reactor.forget(stranger)  # (not the one registered for this number)
+        assert reader in reactor.getReaders()
+        reactor.removeReader(reader)
+
+
 def test_timeout_with_nothing_ready(reactor: Any) -> None:
     reactor.doIteration(0)  # returns at once, nothing to dispatch
 

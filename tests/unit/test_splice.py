@@ -1,0 +1,128 @@
+"""
+Tests for L{epcat.splice}, the zero-copy engine, driven by hand on real
+socket pairs with an in-memory reactor: each test calls C{doRead} as the
+reactor would.  (End to end, with real relays: tests/e2e/test_splice_e2e.py.)
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from epcat import lean, splice
+from epcat.relay import Pair
+
+pytestmark = pytest.mark.skipif(not splice.available(), reason="splice(2) is Linux's")
+
+WAIT = 10.0
+
+
+class ForgettingReactor(MemoryReactorClock):
+    """An in-memory reactor with L{epcat.reactor.EPollReactor.forget}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forgotten: list[Any] = []
+
+    def forget(self, selectable: Any) -> None:
+        self.forgotten.append(selectable)
+        self.readers.discard(selectable)
+        self.writers.discard(selectable)
+
+
+def _readable(sock: socket.socket) -> None:
+    assert select.select([sock], [], [], WAIT)[0], "nothing to read in time"
+
+
+def _recv_to_eof(sock: socket.socket) -> bytes:
+    sock.settimeout(WAIT)
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+@pytest.fixture
+def spliced() -> Any:
+    """
+    A pair relayed by the engine between two lean socket pairs: the pair,
+    the client's end, the server's end, the reactor.  The client has sent
+    b"request", which the server has read.
+    """
+    reactor = ForgettingReactor()
+    pair = Pair(reactor, 1)
+    pair.fast_path = True
+    ours_in, client = socket.socketpair()
+    ours_out, server = socket.socketpair()
+    for ours in (ours_in, ours_out):
+        ours.setblocking(False)
+    lean.SocketTransport(reactor, ours_in).attach(pair.inbound)
+    client.sendall(b"request")
+    _readable(ours_in)
+    pair.inbound.transport.doRead()  # (held: the outbound side is not up yet)
+    lean.SocketTransport(reactor, ours_out).attach(pair.outbound)  # joins, splices
+    assert pair.splice is not None
+    server.settimeout(WAIT)
+    assert server.recv(100) == b"request"
+    yield pair, client, server, reactor
+    for sock in (client, server):
+        sock.close()
+    for side in (pair.inbound, pair.outbound):
+        if not side.transport.disconnected:
+            side.transport.connectionLost(Failure(ConnectionDone()))
+
+
+def test_last_direction_closes_without_a_shutdown(spliced: Any) -> None:
+    """
+    The direction that ends last between lean sockets closes both: its
+    source leaves the reactor by being closed (forget, no EPOLL_CTL_DEL),
+    its sink gets its FIN from close() rather than shutdown(); both peers
+    see a clean end of stream, and the pair ends as on the normal path.
+    """
+    pair, client, server, reactor = spliced
+    inbound, outbound = pair.inbound.transport, pair.outbound.transport
+    server.sendall(b"response")
+    server.shutdown(socket.SHUT_WR)
+    for _ in range(2):  # (the response, then EOF)
+        _readable(outbound.socket)
+        outbound.doRead()
+    assert _recv_to_eof(client) == b"response"  # (half-closed with shutdown)
+    assert reactor.forgotten == []
+    client.shutdown(socket.SHUT_WR)
+    _readable(inbound.socket)
+    inbound.doRead()
+    assert reactor.forgotten == [inbound]
+    assert not reactor.getReaders() and not reactor.getWriters()
+    assert inbound.disconnected and outbound.disconnected
+    assert server.recv(100) == b""  # a FIN, not a reset
+    assert pair.inbound.lost and pair.outbound.lost
+    for side in (pair.inbound, pair.outbound):
+        assert side.lost_reason.check(ConnectionDone)
+    assert pair._finished
+    assert (pair.inbound.bytes_received, pair.outbound.bytes_received) == (7, 8)
+
+
+def test_first_direction_still_half_closes(spliced: Any) -> None:
+    """
+    A direction that ends while the other goes on shuts its sink's write
+    side down, and the other direction still relays.
+    """
+    pair, client, server, reactor = spliced
+    inbound = pair.inbound.transport
+    client.shutdown(socket.SHUT_WR)
+    _readable(inbound.socket)
+    inbound.doRead()
+    assert server.recv(100) == b""  # the client's EOF, passed on
+    assert reactor.forgotten == [] and not pair._finished
+    server.sendall(b"late answer")
+    outbound = pair.outbound.transport
+    _readable(outbound.socket)
+    outbound.doRead()
+    client.settimeout(WAIT)
+    assert client.recv(100) == b"late answer"
