@@ -239,7 +239,8 @@ class RelaySide(Protocol):
         self.pair.splice_waiting = False
         if self.tls_record is not None:
             self.tls_record.remember_peer(self.transport)
-        self._cancel_close_timer()
+        if self._close_timer is not None:
+            self._cancel_close_timer()
         self.write_ended = True
         if not self.read_ended:
             self.read_ended = True
@@ -586,8 +587,9 @@ class Pair:
             else:
                 self.splice_waiting = True  # until the first byte or EOF
                 for side in (a, b):
-                    # (a side paused until the join must read that byte)
-                    side._resume_after_hold()
+                    if side._paused_for_hold:
+                        # (a side paused until the join must read that byte)
+                        side._resume_after_hold()
             return
         if self.preamble is not None and not b.lost:
             b.transport.write(self.preamble())

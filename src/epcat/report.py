@@ -103,18 +103,24 @@ class Reporter:
         self.tunnel = tunnel
         self.totals = Totals()
         self.stopping = False
-        #: event name -> handler, looked up once (an event comes several
-        #: times per connection)
-        self._handlers = {
+        #: what the verbosity lets through, asked once (several events
+        #: come for every connection)
+        self._shows_info = ui.enabled("info")
+        #: event name -> handler, looked up once; events that would show
+        #: nothing at this verbosity have none (L{epcat.run.Runner} calls
+        #: these directly)
+        self.handlers = {
             name[4:].replace("_", "-"): getattr(self, name)
             for name in dir(self)
             if name.startswith("_on_")
         }
+        if not ui.enabled("debug"):
+            del self.handlers["fast-path"]
 
     # -- events
 
     def on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
-        handler = self._handlers.get(event)
+        handler = self.handlers.get(event)
         if handler is not None:
             handler(pair, side)
 
@@ -123,7 +129,7 @@ class Reporter:
             return
         if not self.tunnel:
             self.totals.accepted += 1
-        if not self.ui.enabled("info"):
+        if not self._shows_info:
             return  # (the common case: no addresses to look up)
         transport = side.transport
         peer, host = transport.getPeer(), transport.getHost()
@@ -153,7 +159,7 @@ class Reporter:
         if (
             pair.outbound_description == "stdio"
             or side.transport is None
-            or not self.ui.enabled("info")
+            or not self._shows_info
         ):
             return
         peer, host = side.transport.getPeer(), side.transport.getHost()
@@ -222,7 +228,7 @@ class Reporter:
             self.ui.info("tls", line, conn=conn_id)
 
     def connecting(self, pair: Pair, description: str) -> None:
-        if not self.ui.enabled("info"):
+        if not self._shows_info:
             return
         self.ui.info(
             "connecting",
@@ -329,7 +335,7 @@ class Reporter:
                 self.ui.info("failed", f"[{pair.conn_id}] {message}", conn=pair.conn_id)
             else:
                 self._failure(pair, status, message)
-        if not self.ui.enabled("info"):
+        if not self._shows_info:
             return
         if pair.outbound_failure is not None and not pair.joined:
             if pair.inbound.lost and pair.outbound_failure.check(

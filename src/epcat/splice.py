@@ -169,8 +169,10 @@ class _End:
         The engine is done with the socket: no more interest in it, and a
         lean transport handles its own readiness again.
         """
-        self.want_read(False)
-        self.want_write(False)
+        if self.reading:
+            self.want_read(False)
+        if self.writing:
+            self.want_write(False)
         if self.selectable is not self:
             self.transport.take_back()
 
@@ -257,7 +259,8 @@ class SpliceEngine:
             # outside reference rather than by the garbage collector)
             end.engine = end.reads = end.writes = None
         for direction in self.directions:
-            direction.close_pipe()
+            if direction.pipe is not None:
+                direction.close_pipe()
         self.pair.splice = None
 
     # readiness
@@ -418,7 +421,8 @@ class SpliceEngine:
         sink, as the normal path does.
         """
         d.done = True
-        d.close_pipe()
+        if d.pipe is not None:
+            d.close_pipe()
         source, sink = d.source.side, d.sink.side
         pair = self.pair
         if pair.first_closer is None:
@@ -437,8 +441,10 @@ class SpliceEngine:
             # set.  Two system calls fewer per connection.
             d.source.forget()
         else:
-            d.source.want_read(False)
-            d.sink.want_write(False)
+            if d.source.reading:
+                d.source.want_read(False)
+            if d.sink.writing:
+                d.sink.want_write(False)
             try:
                 d.sink.transport.socket.shutdown(socket.SHUT_WR)
             except OSError:
