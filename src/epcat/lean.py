@@ -32,6 +32,7 @@ L{epcat.run.Runner._lean}).
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -100,7 +101,10 @@ class SocketTransport:
     closes; C{abortConnection} closes at once; C{connectionLost} comes from
     the reactor, as with Twisted's transports.
 
-    @ivar socket: the L{socket.socket}.
+    @ivar socket: the socket: a L{socket.socket}, or the C{_socket.socket}
+        it is built on (what epcat's lean accepts and connects make: the
+        same methods without the Python-level constructor and C{close}
+        wrapper, which were a few per cent of a short connection).
     @ivar disconnected: the socket is closed.
     """
 
@@ -500,7 +504,7 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
     # (socket.accept() without its wrapper, which asks the listening socket
     # for its family and type, each an enum conversion, at every call)
     accept = listening._accept
-    make = socket.socket
+    make = _socket.socket
 
     def doRead() -> None:
         for _ in range(port.numberAccepts):
@@ -719,7 +723,7 @@ class _Connecting:
         client = self.client
         try:
             # (non-blocking from the start: no fcntl call of its own)
-            sock = socket.socket(client.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = _socket.socket(client.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
             self._fail(error.getConnectError((e.errno, e.strerror)))
             return
