@@ -256,8 +256,10 @@ class SocketTransport:
             return
         self.disconnected = True
         self.connected = 0
-        self.stopReading()
-        self.stopWriting()
+        if self._reading:
+            self.stopReading()
+        if self._writing:
+            self.stopWriting()
         self._buffer = []
         sock = self.socket
         # As Twisted's tcp._SocketCloser: an abort resets the connection

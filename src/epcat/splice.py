@@ -313,7 +313,11 @@ class SpliceEngine:
                 return
             d.in_pipe = moved - written
         else:
+            # EOF, with nothing held (the direction was at rest)
             d.eof = True
+            _release_pipe(pipe)
+            self._direction_ended(d)
+            return
         d.pipe = pipe
         self._pump(d)
 
