@@ -11,7 +11,7 @@ import socket
 from typing import Any
 
 import pytest
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
@@ -38,6 +38,30 @@ class ForgettingReactor(MemoryReactorClock):
 
 def _readable(sock: socket.socket) -> None:
     assert select.select([sock], [], [], WAIT)[0], "nothing to read in time"
+
+
+def _write_event(reactor: Any, transport: Any) -> None:
+    """
+    What Twisted's epoll reactor does for a descriptor it watches for
+    writing: a socket shut down both ways (POLLHUP) that it is not reading
+    is reported lost (C{_doReadOrWrite}); else C{doWrite}.
+    """
+    poller = select.poll()
+    poller.register(transport.fileno(), select.POLLOUT)
+    events = dict(poller.poll(WAIT * 1000)).get(transport.fileno(), 0)
+    if events & select.POLLHUP and transport not in reactor.getReaders():
+        transport.connectionLost(Failure(ConnectionLost()))
+        return
+    why = transport.doWrite()
+    if why is not None:
+        transport.connectionLost(Failure(why))
+
+
+def _eof(transport: Any) -> None:
+    """The reactor's calls for a FIN on a lean transport's socket."""
+    _readable(transport.socket)
+    assert transport.doRead() is not None
+    transport.readConnectionLost(Failure(ConnectionDone()))
 
 
 def _recv_to_eof(sock: socket.socket) -> bytes:
@@ -126,3 +150,45 @@ def test_first_direction_still_half_closes(spliced: Any) -> None:
     outbound.doRead()
     client.settimeout(WAIT)
     assert client.recv(100) == b"late answer"
+
+
+def test_no_pipe_falls_back_to_the_normal_path(
+    spliced: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Out of descriptors for a pipe (EMFILE), a pair goes on on the normal
+    path over the same lean sockets: the bytes arrive, each EOF is passed
+    on, and the pair ends cleanly, with no failure to report.
+    """
+    import errno
+
+    from epcat.report import pair_failure
+
+    def no_pipe() -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(splice, "_pool", [])
+    monkeypatch.setattr(splice, "_make_pipe", no_pipe)
+    pair, client, server, reactor = spliced
+    inbound, outbound = pair.inbound.transport, pair.outbound.transport
+    server.sendall(b"response")
+    _readable(outbound.socket)
+    outbound.doRead()  # (no pipe for it: the engine hands the pair back)
+    assert pair.splice is None
+    outbound.doRead()  # (now read by the transport itself)
+    client.settimeout(WAIT)
+    assert client.recv(100) == b"response"
+    client.shutdown(socket.SHUT_WR)
+    _eof(inbound)
+    _write_event(reactor, outbound)  # (the half-close: shutdown)
+    assert server.recv(100) == b""
+    server.shutdown(socket.SHUT_WR)
+    _eof(outbound)  # (now shut down both ways: it is closed)
+    for _ in range(3):
+        for transport in (inbound, outbound):
+            if transport in reactor.getWriters():
+                _write_event(reactor, transport)
+        reactor.advance(0)
+    assert pair._finished
+    assert pair_failure(pair) is None
+    assert server.recv(100) == b"" and client.recv(100) == b""
