@@ -39,7 +39,11 @@ the order rotated from one round to the next), medians over the rounds:
 --quick runs a tenth of the counts in one round (iperf3 takes whole seconds,
 so it runs for 1 s rather than 0.3 s).  With --chart the script draws a
 grouped bar chart (matplotlib: pip install -e '.[bench]') of epcat, socat and
-haproxy normalised to socat = 1.
+haproxy normalised to socat = 1.  With more than one round it also prints
+each figure's run-to-run spread, and epcat's figure over socat's, socat -b
+262144's and haproxy's taken round by round (median and range): the two of
+a round are measured minutes apart at most, so a slow spell of the host
+touches both.
 
 Everything listens on 127.0.0.1 (or a UNIX socket in a private temporary
 directory).  Every process started here is stopped by its PID (with the
@@ -428,6 +432,8 @@ class Bench:
         self.tmp = tmp
         self.procs = procs
         self.results: dict[str, dict[str, list[float]]] = {}
+        #: the same samples by round: figure -> candidate -> round -> value
+        self.by_round: dict[str, dict[str, dict[int, float]]] = {}
         self.references: dict[str, list[float]] = {}
         self.errors: list[str] = []
         self.notes: list[str] = []
@@ -829,6 +835,7 @@ backend backend
                         continue
                     for key, value in values.items():
                         self.results.setdefault(key, {}).setdefault(candidate, []).append(value)
+                        self.by_round.setdefault(key, {}).setdefault(candidate, {})[r] = value
                     if values:
                         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
                         progress(f"  {workload:8} {candidate:13} {shown} "
@@ -841,6 +848,10 @@ backend backend
                     if len(values) == r + 1:
                         self.results.setdefault("lat_added", {}).setdefault(
                             candidate, []).append(values[-1] - direct[-1])
+
+    def rounds_of(self, key: str, candidate: str) -> dict[int, float]:
+        """A candidate's figure in each round that measured it."""
+        return self.by_round.get(key, {}).get(candidate, {})
 
     def medians(self) -> dict[str, dict[str, float]]:
         return {key: {c: m for c, v in per.items() if (m := median(v)) is not None}
@@ -900,6 +911,37 @@ def spread_table(bench: Bench, figs: list[Figure]) -> str:
             v = per.get(c, [])
             m = median(v)
             cells.append(f"{(max(v) - min(v)) / m * 100:.0f}%" if len(v) > 1 and m else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: what epcat is set beside, round by round, in paired_table
+PAIRED = ("socat", "socat-b256k", "haproxy")
+
+
+def paired_table(bench: Bench, figs: list[Figure]) -> str:
+    """
+    epcat's figure over each reference's, taken within each round (the two
+    measured minutes apart at most, so a slow spell of the host touches
+    both), as median and range over the rounds.  Only rounds where both
+    have a figure count.
+    """
+    refs = [c for c in PAIRED if c in bench.candidates]
+    if "epcat" not in bench.candidates or not refs:
+        return ""
+    head = ["epcat ÷ (per round: median, min–max)", *(LABELS[c] for c in refs)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for f in figs:
+        if f.key == "lat_added":
+            continue
+        per = bench.results.get(f.key, {})
+        cells = [f.label]
+        for c in refs:
+            ours, theirs = bench.rounds_of(f.key, "epcat"), bench.rounds_of(f.key, c)
+            ratios = [ours[r] / theirs[r] for r in ours if r in theirs and theirs[r] > 0]
+            m = median(ratios)
+            cells.append(f"{m:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+                         if m is not None and per else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -1141,6 +1183,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.rounds > 1:
         print("\nRun-to-run spread:\n")
         print(spread_table(bench, figs))
+        paired = paired_table(bench, figs)
+        if paired:
+            print("\nRound by round (epcat's figure over the other's, measured in the same "
+                  "round; ↑/↓ as above):\n")
+            print(paired)
     if bench.errors:
         print("\nFailed measurements:\n")
         for e in bench.errors:

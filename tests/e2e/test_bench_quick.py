@@ -143,6 +143,37 @@ def test_workloads_option(tmp_path: Path) -> None:
     assert rows[next(label for label in rows if label.startswith("bulk TCP"))] == "", rows
 
 
+@pytest.mark.timeout(120)
+def test_round_by_round_ratios(tmp_path: Path) -> None:
+    """
+    With more than one round, a second table sets epcat beside each
+    reference round by round: the median ratio and its range, for the
+    figures measured.
+    """
+    require("socat")
+    tmpdir = Path(tempfile.mkdtemp(prefix="eb-"))
+    try:
+        code, out, err = run_bench(["--quick", "--rounds", "2", "--candidates", "epcat,socat",
+                                    "--workloads", "startup"], timeout=100, tmpdir=tmpdir)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    lines = out.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith("| epcat ÷")), None)
+    assert header is not None, out
+    assert [c.strip() for c in lines[header].strip("|").split("|")][1:] == ["socat (default)"]
+    rows = {}
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        label, cell = (c.strip() for c in line.strip("|").split("|"))
+        rows[label] = cell
+    ratio = re.compile(r"^\d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d\)$")
+    startup = [label for label in rows if label.startswith("start-up:")]
+    assert len(startup) == 2 and all(ratio.match(rows[label]) for label in startup), rows
+    assert rows[next(label for label in rows if label.startswith("bulk TCP"))] == "", rows
+
+
 def processes_mentioning(text: str) -> list[str]:
     found = []
     for entry in os.listdir("/proc"):
