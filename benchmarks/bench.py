@@ -898,21 +898,31 @@ def table(bench: Bench, figs: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def spread_table(bench: Bench, figs: list[Figure]) -> str:
-    cands = bench.candidates
-    head = ["(max−min)/median", *(LABELS[c] for c in cands)]
+def figure_table(head: list[str], figs: list[Figure],
+                 cells: Callable[[Figure], list[str]]) -> str:
+    """
+    A markdown table with a row per figure (the added latency left out):
+    the figure's label, then C{cells(figure)} under C{head}.
+    """
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for f in figs:
-        if f.key == "lat_added":
-            continue
+        if f.key != "lat_added":
+            lines.append("| " + " | ".join([f.label, *cells(f)]) + " |")
+    return "\n".join(lines)
+
+
+def spread_table(bench: Bench, figs: list[Figure]) -> str:
+    def cells(f: Figure) -> list[str]:
         per = bench.results.get(f.key, {})
-        cells = [f.label]
-        for c in cands:
+        out = []
+        for c in bench.candidates:
             v = per.get(c, [])
             m = median(v)
-            cells.append(f"{(max(v) - min(v)) / m * 100:.0f}%" if len(v) > 1 and m else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            out.append(f"{(max(v) - min(v)) / m * 100:.0f}%" if len(v) > 1 and m else "")
+        return out
+
+    return figure_table(["(max−min)/median", *(LABELS[c] for c in bench.candidates)],
+                        figs, cells)
 
 
 #: what epcat is set beside, round by round, in paired_table
@@ -929,21 +939,19 @@ def paired_table(bench: Bench, figs: list[Figure]) -> str:
     refs = [c for c in PAIRED if c in bench.candidates]
     if "epcat" not in bench.candidates or not refs:
         return ""
-    head = ["epcat ÷ (per round: median, min–max)", *(LABELS[c] for c in refs)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for f in figs:
-        if f.key == "lat_added":
-            continue
-        per = bench.results.get(f.key, {})
-        cells = [f.label]
+
+    def cells(f: Figure) -> list[str]:
+        ours = bench.rounds_of(f.key, "epcat")
+        out = []
         for c in refs:
-            ours, theirs = bench.rounds_of(f.key, "epcat"), bench.rounds_of(f.key, c)
+            theirs = bench.rounds_of(f.key, c)
             ratios = [ours[r] / theirs[r] for r in ours if r in theirs and theirs[r] > 0]
             m = median(ratios)
-            cells.append(f"{m:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
-                         if m is not None and per else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            out.append(f"{m:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})" if m is not None else "")
+        return out
+
+    return figure_table(["epcat ÷ (per round: median, min–max)", *(LABELS[c] for c in refs)],
+                        figs, cells)
 
 
 def draw_chart(path: Path, bench: Bench, figs: list[Figure], title: str) -> None:

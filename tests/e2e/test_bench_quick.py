@@ -84,16 +84,8 @@ def test_quick_run_prints_the_table(tmp_path: Path) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
     assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
 
-    lines = out.splitlines()
-    header = next((i for i, line in enumerate(lines) if line.startswith("| figure |")), None)
-    assert header is not None, out
-    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    columns, body = markdown_table(out, "| figure |")
     assert columns == ["figure", "epcat", "socat (default)", "direct (no relay)"], columns
-    body = []
-    for line in lines[header + 2:]:
-        if not line.startswith("|"):
-            break
-        body.append([c.strip() for c in line.strip("|").split("|")])
 
     for prefix, has_direct in ROWS.items():
         row = next((r for r in body if r[0].startswith(prefix)), None)
@@ -158,20 +150,27 @@ def test_round_by_round_ratios(tmp_path: Path) -> None:
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
-    lines = out.splitlines()
-    header = next((i for i, line in enumerate(lines) if line.startswith("| epcat ÷")), None)
-    assert header is not None, out
-    assert [c.strip() for c in lines[header].strip("|").split("|")][1:] == ["socat (default)"]
-    rows = {}
-    for line in lines[header + 2:]:
-        if not line.startswith("|"):
-            break
-        label, cell = (c.strip() for c in line.strip("|").split("|"))
-        rows[label] = cell
+    columns, body = markdown_table(out, "| epcat ÷")
+    assert columns[1:] == ["socat (default)"], columns
+    rows = dict(body)
     ratio = re.compile(r"^\d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d\)$")
     startup = [label for label in rows if label.startswith("start-up:")]
     assert len(startup) == 2 and all(ratio.match(rows[label]) for label in startup), rows
     assert rows[next(label for label in rows if label.startswith("bulk TCP"))] == "", rows
+
+
+def markdown_table(out: str, header_prefix: str) -> tuple[list[str], list[list[str]]]:
+    """The column names and rows of the table in C{out} whose header starts so."""
+    lines = out.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith(header_prefix)), None)
+    assert header is not None, out
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    body = []
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        body.append([c.strip() for c in line.strip("|").split("|")])
+    return columns, body
 
 
 def processes_mentioning(text: str) -> list[str]:
