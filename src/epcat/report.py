@@ -106,9 +106,9 @@ class Reporter:
         #: what the verbosity lets through, asked once (several events
         #: come for every connection)
         self._shows_info = ui.enabled("info")
-        #: event name -> handler, looked up once; events that would show
-        #: nothing at this verbosity have none (L{epcat.run.Runner} calls
-        #: these directly)
+        #: event name -> handler(pair, side), looked up once, for the
+        #: events of L{epcat.relay.Pair} (L{epcat.run.Runner} calls them);
+        #: events that would show nothing at this verbosity have none
         self.handlers = {
             name[4:].replace("_", "-"): getattr(self, name)
             for name in dir(self)
@@ -118,11 +118,6 @@ class Reporter:
             del self.handlers["fast-path"]
 
     # -- events
-
-    def on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
-        handler = self.handlers.get(event)
-        if handler is not None:
-            handler(pair, side)
 
     def _on_accepted(self, pair: Pair, side: RelaySide) -> None:
         if pair.stdio_inbound:

@@ -905,7 +905,7 @@ class Runner:
     def _on_event(self, event: str, pair: Pair, side: RelaySide | None) -> None:
         report = self._report.get(event)
         if report is not None:
-            report(pair, side)  # (Reporter.on_event, a call fewer)
+            report(pair, side)
         if event == "closed":
             self._forget(pair)
         elif event == "accepted":
