@@ -43,7 +43,10 @@ haproxy normalised to socat = 1.  With more than one round it also prints
 each figure's run-to-run spread, and epcat's figure over socat's, socat -b
 262144's and haproxy's taken round by round (median and range): the two of
 a round are measured minutes apart at most, so a slow spell of the host
-touches both.
+touches both.  On Linux it also says how much CPU time the hypervisor took
+from this machine (steal, from /proc/stat) during each measurement, naming
+those that lost 2 % or more: a virtual machine's figures move with its
+neighbours' load, which its own load average does not show.
 
 Everything listens on 127.0.0.1 (or a UNIX socket in a private temporary
 directory).  Every process started here is stopped by its PID (with the
@@ -435,6 +438,9 @@ class Bench:
         #: the same samples by round: figure -> candidate -> round -> value
         self.by_round: dict[str, dict[str, dict[int, float]]] = {}
         self.references: dict[str, list[float]] = {}
+        #: the host's CPU steal during each measurement: (round, workload,
+        #: candidate, share of all CPU time, 0 to 1)
+        self.steal: list[tuple[int, str, str, float]] = []
         self.errors: list[str] = []
         self.notes: list[str] = []
         self.tools = {name: shutil.which(name) for name in
@@ -826,6 +832,7 @@ backend backend
                     if candidate in TCP_ONLY and workload not in TCP_WORKLOADS:
                         continue
                     t0 = time.monotonic()
+                    before = cpu_times()
                     try:
                         values = measure(candidate)
                     except (BenchError, OSError, subprocess.SubprocessError) as e:
@@ -833,13 +840,18 @@ backend backend
                         progress(f"  {workload:8} {candidate:13} FAILED: "
                                  f"{str(e).splitlines()[0]}")
                         continue
+                    stolen = steal_share(before, cpu_times())
+                    if stolen is not None:
+                        self.steal.append((r, workload, candidate, stolen))
                     for key, value in values.items():
                         self.results.setdefault(key, {}).setdefault(candidate, []).append(value)
                         self.by_round.setdefault(key, {}).setdefault(candidate, {})[r] = value
                     if values:
                         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-                        progress(f"  {workload:8} {candidate:13} {shown} "
-                                 f"({time.monotonic() - t0:.1f} s)")
+                        took = f"{time.monotonic() - t0:.1f} s"
+                        if stolen is not None and stolen >= STEAL_NOTED:
+                            took += f", steal {stolen:.0%}"
+                        progress(f"  {workload:8} {candidate:13} {shown} ({took})")
             # added latency, round by round against the direct run of the same round
             lat = self.results.get("lat_us", {})
             direct = lat.get("direct", [])
@@ -1068,6 +1080,62 @@ def raise_fd_limit(need: int) -> int:
     return want
 
 
+#: a measurement during which the host took this share of the CPU time or
+#: more (steal) is named in the output as disturbed
+STEAL_NOTED = 0.02
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """
+    The host's CPU steal and all CPU time so far, in clock ticks summed over
+    every CPU, from the first line of /proc/stat (proc(5): user, nice,
+    system, idle, iowait, irq, softirq, steal; guest time is already in
+    user and nice), or L{None} where there is no such file.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None,
+                after: tuple[int, int] | None) -> float | None:
+    """
+    The share (0 to 1) of all CPU time between two L{cpu_times} readings
+    that the hypervisor gave to something else: time a virtual machine's
+    CPUs were ready to run and did not.  Steal slows every process of the
+    run at once, whatever it is, which is why it is reported rather than
+    corrected for.
+    """
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def steal_summary(bench: Bench) -> str:
+    """
+    One line on the host's CPU steal during the measurements (L{cpu_times}):
+    the median, and the measurements at or over L{STEAL_NOTED}, worst first.
+    """
+    if not bench.steal:
+        return "Host CPU steal: not known here (no /proc/stat)."
+    shares = [s for *_, s in bench.steal]
+    disturbed = sorted((s for s in bench.steal if s[3] >= STEAL_NOTED), key=lambda s: -s[3])
+    text = (f"Host CPU steal (/proc/stat: time the hypervisor ran something else while "
+            f"this machine's CPUs waited) during a measurement: median {median(shares):.1%}, "
+            f"{len(disturbed)} of {len(shares)} at {STEAL_NOTED:.0%} or more")
+    if disturbed:
+        worst = "; ".join(f"round {r + 1}, {w}, {LABELS[c]}: {s:.0%}"
+                          for r, w, c, s in disturbed[:5])
+        text += f" ({worst}{'; …' if len(disturbed) > 5 else ''})"
+    return text + "."
+
+
 def loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
@@ -1188,6 +1256,7 @@ def main(argv: list[str] | None = None) -> int:
           "direct = pusher to sink over TCP (the tools' own ceiling).")
     for note in dict.fromkeys(bench.notes):
         print(f"- {note}")
+    print(steal_summary(bench))
     if settings.rounds > 1:
         print("\nRun-to-run spread:\n")
         print(spread_table(bench, figs))
@@ -1205,6 +1274,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": started.isoformat(), "command": command, "settings": settings.__dict__,
             "candidates": bench.candidates, "samples": bench.results,
             "references": bench.references, "errors": bench.errors, "notes": bench.notes,
+            "steal": [{"round": r + 1, "workload": w, "candidate": c, "share": s}
+                      for r, w, c, s in bench.steal],
         }, indent=2))
     if args.chart:
         title = (f"epcat vs socat vs haproxy on loopback ({cores} cores), medians of "

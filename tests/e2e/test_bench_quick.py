@@ -140,7 +140,8 @@ def test_round_by_round_ratios(tmp_path: Path) -> None:
     """
     With more than one round, a second table sets epcat beside each
     reference round by round: the median ratio and its range, for the
-    figures measured.
+    figures measured.  A line gives the host's CPU steal over the
+    measurements.
     """
     require("socat")
     tmpdir = Path(tempfile.mkdtemp(prefix="eb-"))
@@ -157,6 +158,9 @@ def test_round_by_round_ratios(tmp_path: Path) -> None:
     startup = [label for label in rows if label.startswith("start-up:")]
     assert len(startup) == 2 and all(ratio.match(rows[label]) for label in startup), rows
     assert rows[next(label for label in rows if label.startswith("bulk TCP"))] == "", rows
+    # the host's CPU steal over the measurements (here: 2 rounds x 2 candidates)
+    assert re.search(r"^Host CPU steal \(/proc/stat: .*\) during a measurement: "
+                     r"median \d+\.\d%, \d+ of 4 at 2% or more", out, re.MULTILINE), out
 
 
 def markdown_table(out: str, header_prefix: str) -> tuple[list[str], list[list[str]]]:
