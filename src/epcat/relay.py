@@ -469,7 +469,9 @@ class Pair:
         @param inbound_half_close: how the first side half-closes.
         @param outbound_half_close: how the second side half-closes.
         @param on_event: called as C{on_event(event, pair, side)} for
-            C{accepted}, C{connected}, C{handshake}, C{failed}, C{closed}.
+            C{accepted}, C{connected}, C{handshake}, C{failed}, C{closing},
+            C{fast-path} (the zero-copy engine starts), C{fast-path-off}
+            (it gave up: no pipe could be made) and C{closed}.
         @param idle_timeout: seconds with no byte moved either way after
             which the pair is closed (socat -T), or L{None}.
         @param half_close_timeout: seconds the second direction may stay open
@@ -621,6 +623,8 @@ class Pair:
             which could not go on) and must read again.
         """
         a, b = self.inbound, self.outbound
+        if resume:
+            self._on_event("fast-path-off", self, None)
         if a.lost or b.lost:
             return
         a.transport.registerProducer(producer_of(b.transport), True)

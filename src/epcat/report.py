@@ -116,6 +116,7 @@ class Reporter:
         }
         if not ui.enabled("debug"):
             del self.handlers["fast-path"]
+            del self.handlers["fast-path-off"]
 
     # -- events
 
@@ -293,6 +294,15 @@ class Reporter:
         self.ui.debug(
             "fast-path",
             f"[{pair.conn_id}] zero-copy relay with splice(2)",
+            conn=pair.conn_id,
+        )
+
+    def _on_fast_path_off(self, pair: Pair, side: RelaySide | None) -> None:
+        # (epcat.splice: no pipe could be made, e.g. EMFILE)
+        self.ui.debug(
+            "fast-path-off",
+            f"[{pair.conn_id}] no pipe for splice(2) (out of file descriptors?): "
+            "relaying in userspace",
             conn=pair.conn_id,
         )
 

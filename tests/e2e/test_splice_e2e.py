@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import resource
+import signal
 import socket
 import ssl
 import threading
@@ -71,6 +74,54 @@ def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
     ep.wait_stderr(r"\[1\] closed: ")
     assert (SPLICE_LINE in ep.err) is (not no_splice), ep.err
+    no_traceback(ep.err)
+
+
+def _room_for(pid: int, descriptors: int) -> int:
+    """
+    The RLIMIT_NOFILE that leaves process C{pid} room for exactly
+    C{descriptors} more open files: new descriptors take the lowest free
+    numbers, and each must be below the limit.
+    """
+    taken = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    limit, free = 0, 0
+    while free < descriptors:
+        if limit not in taken:
+            free += 1
+        limit += 1
+    return limit
+
+
+@pytest.mark.timeout(60)
+def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server):
+    """
+    Room for a pair's two sockets but not for a pipe (EMFILE): the pair
+    starts on the zero-copy path, gives it up at its first splice, and goes
+    on in userspace over the same lean sockets, 4 MiB each way with
+    half-close, ending cleanly (no failure reported).
+    """
+    size = 4 * 1024 * 1024
+    upload, download = os.urandom(size), os.urandom(size)
+    srv = server(_answer_after_eof(download))
+    ep, port = _relay(epcat_proc, srv.address)
+    # Once the reactor runs (it prints the SIGUSR1 table from its loop), it
+    # has made every descriptor of its own: its wakers come after the
+    # listening line.
+    ep.signal(signal.SIGUSR1)
+    ep.wait_stderr(r"^totals: 0 accepted")
+    _, hard = resource.prlimit(ep.pid, resource.RLIMIT_NOFILE)
+    # the accepted socket and the outbound one, and no pipe (it needs two)
+    resource.prlimit(ep.pid, resource.RLIMIT_NOFILE, (_room_for(ep.pid, 2), hard))
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        received = exchange(client, upload)
+    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+    ep.wait_stderr(rf"\[1\] closed: {size} bytes inbound->outbound, {size} bytes")
+    assert "[1] zero-copy relay with splice(2)" in ep.err, ep.err
+    assert "[1] no pipe for splice(2) (out of file descriptors?): relaying in userspace" in (
+        ep.err
+    ), ep.err
+    assert not re.search(r"\[1\] .*(failed|lost)", ep.err), ep.err
     no_traceback(ep.err)
 
 

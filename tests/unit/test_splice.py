@@ -170,11 +170,14 @@ def test_no_pipe_falls_back_to_the_normal_path(
     monkeypatch.setattr(splice, "_pool", [])
     monkeypatch.setattr(splice, "_make_pipe", no_pipe)
     pair, client, server, reactor = spliced
+    events: list[str] = []
+    pair._on_event = lambda event, pair, side: events.append(event)
     inbound, outbound = pair.inbound.transport, pair.outbound.transport
     server.sendall(b"response")
     _readable(outbound.socket)
     outbound.doRead()  # (no pipe for it: the engine hands the pair back)
     assert pair.splice is None
+    assert events == ["fast-path-off"]  # (what -vv reports)
     outbound.doRead()  # (now read by the transport itself)
     client.settimeout(WAIT)
     assert client.recv(100) == b"response"
