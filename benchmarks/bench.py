@@ -27,17 +27,19 @@ the order rotated from one round to the next), medians over the rounds:
     unix         UNIX->TCP: streamtools.py pushes a reused buffer into the
                  relay's UNIX socket for 3 s; a TCP sink (streamtools.py)
                  times first to last byte.  direct = pusher to sink over TCP.
-    http         ab HTTP/1.0 to nginx (a tiny static file) through the relay:
-                 -n N -c 1 and -c 32 (new connections per second), then
-                 -k -c 1 (one kept-alive connection: mean time per request)
+    http         ab HTTP/1.0 to nginx (a tiny static file) through the relay,
+                 each for 3 s (ab -t; every candidate measured over the same
+                 time, so a slow spell of the host weighs on each alike):
+                 -c 1 and -c 32 (new connections per second), then -k -c 1
+                 (one kept-alive connection: mean time per request)
     memory       N idle relayed connections; the relay's Pss (summed over the
                  process and its descendants, from /proc/PID/smaps_rollup)
                  above its idle baseline, per connection
     startup      `epcat --version`, `socat -V`, `haproxy -v` wall time;
                  spawn to listening (first accepted connect) for each relay
 
---quick runs a tenth of the counts in one round (iperf3 takes whole seconds,
-so it runs for 1 s rather than 0.3 s).  With --chart the script draws a
+--quick runs a tenth of the counts in one round (iperf3 and ab take whole
+seconds, so they run for 1 s rather than 0.3 s).  With --chart the script draws a
 grouped bar chart (matplotlib: pip install -e '.[bench]') of epcat, socat and
 haproxy normalised to socat = 1.  With more than one round it also prints
 each figure's run-to-run spread, and epcat's figure over socat's, socat -b
@@ -105,17 +107,20 @@ REFERENCE = "socat"
 @dataclass(frozen=True)
 class Settings:
     iperf_seconds: int
-    ab_requests: int
-    ab_keepalive_requests: int
+    ab_seconds: int
     idle_connections: int
     startup_repeats: int
     rounds: int
 
 
-FULL = Settings(iperf_seconds=3, ab_requests=5000, ab_keepalive_requests=10000,
-                idle_connections=2000, startup_repeats=5, rounds=3)
-QUICK = Settings(iperf_seconds=1, ab_requests=500, ab_keepalive_requests=1000,
-                 idle_connections=200, startup_repeats=3, rounds=1)
+FULL = Settings(iperf_seconds=3, ab_seconds=3, idle_connections=2000, startup_repeats=5,
+                rounds=3)
+QUICK = Settings(iperf_seconds=1, ab_seconds=1, idle_connections=200, startup_repeats=3,
+                 rounds=1)
+
+#: ab's own cap on requests in a timed run (-t) is 50,000, which the direct
+#: baseline passes in 3 s; ab allocates a few dozen bytes per request
+AB_MAX_REQUESTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -681,12 +686,19 @@ backend backend
         finally:
             self.procs.stop(sink)
 
-    def _ab(self, port: int, n: int, concurrency: int, keepalive: bool) -> dict[str, float]:
+    def _ab(self, port: int, concurrency: int, keepalive: bool, seconds: int = 0,
+            n: int = 0) -> dict[str, float]:
+        """
+        Run ab for C{seconds} (-t), or for C{n} requests; its requests per
+        second, mean time per request (µs), and failed and completed requests.
+        """
         ab = self.tools["ab"]
         assert ab is not None
-        argv = [ab, "-q", "-r", "-s", "30", "-n", str(n), "-c", str(concurrency),
+        # (-t sets ab's request cap, so -n comes after it)
+        limit = ["-t", str(seconds), "-n", str(AB_MAX_REQUESTS)] if seconds else ["-n", str(n)]
+        argv = [ab, "-q", "-r", "-s", "30", *limit, "-c", str(concurrency),
                 *(["-k"] if keepalive else []), f"http://127.0.0.1:{port}/index.html"]
-        done = run_tool(argv, 300)
+        done = run_tool(argv, seconds + 300)
         text = done.stdout
         rps = re.search(r"^Requests per second:\s+([\d.]+)", text, re.M)
         tpr = re.search(r"^Time per request:\s+([\d.]+) \[ms\] \(mean\)", text, re.M)
@@ -695,24 +707,27 @@ backend backend
         if done.returncode != 0 or not rps or not tpr:
             raise BenchError(f"{shlex.join(argv)} failed ({done.returncode}):\n"
                              f"{(text + done.stderr)[-800:]}")
+        complete = re.search(r"^Complete requests:\s+(\d+)", text, re.M)
         bad = int(failed.group(1)) if failed else 0
         bad += int(non2xx.group(1)) if non2xx else 0
-        return {"rps": float(rps.group(1)), "us": float(tpr.group(1)) * 1000, "failed": bad}
+        return {"rps": float(rps.group(1)), "us": float(tpr.group(1)) * 1000, "failed": bad,
+                "complete": int(complete.group(1)) if complete else 0}
 
     def w_http(self, candidate: str) -> dict[str, float]:
         if self.nginx_port is None:
             return {}
         out: dict[str, float] = {}
-        n, nk = self.s.ab_requests, self.s.ab_keepalive_requests
+        seconds = self.s.ab_seconds
         with self.relay(candidate, self.nginx_port) as (_, port):
-            self._ab(port, 50, 1, False)  # warm-up: lazy imports, first-connection costs
+            self._ab(port, 1, False, n=50)  # warm-up: lazy imports, first-connection costs
             for key, conc in (("cps_c1", 1), ("cps_c32", 32)):
-                r = self._ab(port, n, conc, False)
+                r = self._ab(port, conc, False, seconds=seconds)
                 out[key] = r["rps"]
                 if r["failed"]:
                     self.notes.append(f"{LABELS[candidate]}: ab -c {conc}: "
-                                      f"{int(r['failed'])} of {n} requests failed")
-            r = self._ab(port, nk, 1, True)
+                                      f"{int(r['failed'])} of {int(r['complete'])} requests "
+                                      "failed")
+            r = self._ab(port, 1, True, seconds=seconds)
             out["lat_us"] = r["us"]
         return out
 
