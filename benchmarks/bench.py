@@ -1135,10 +1135,12 @@ def steal_share(before: tuple[int, int] | None,
 def steal_summary(bench: Bench) -> str:
     """
     One line on the host's CPU steal during the measurements (L{cpu_times}):
-    the median, and the measurements at or over L{STEAL_NOTED}, worst first.
+    the median, and the measurements at or over L{STEAL_NOTED}, worst first;
+    empty when no measurement was made.
     """
     if not bench.steal:
-        return "Host CPU steal: not known here (no /proc/stat)."
+        # (no measurement was made, or there is no /proc/stat to read)
+        return "" if cpu_times() is not None else "Host CPU steal: not known here."
     shares = [s for *_, s in bench.steal]
     disturbed = sorted((s for s in bench.steal if s[3] >= STEAL_NOTED), key=lambda s: -s[3])
     text = (f"Host CPU steal (/proc/stat: time the hypervisor ran something else while "
@@ -1271,7 +1273,9 @@ def main(argv: list[str] | None = None) -> int:
           "direct = pusher to sink over TCP (the tools' own ceiling).")
     for note in dict.fromkeys(bench.notes):
         print(f"- {note}")
-    print(steal_summary(bench))
+    steal = steal_summary(bench)
+    if steal:
+        print(steal)
     if settings.rounds > 1:
         print("\nRun-to-run spread:\n")
         print(spread_table(bench, figs))
