@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import require
+from .conftest import WAIT, free_port, recv_all, require, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+SKETCH = BENCH.with_name("fused_sketch.py")
 
 #: Row label prefixes, and whether the direct baseline has a figure there.
 ROWS = {
@@ -161,6 +163,29 @@ def test_round_by_round_ratios(tmp_path: Path) -> None:
     # the host's CPU steal over the measurements (here: 2 rounds x 2 candidates)
     assert re.search(r"^Host CPU steal \(/proc/stat: .*\) during a measurement: "
                      r"median \d+\.\d%, \d+ of 4 at 2% or more", out, re.MULTILINE), out
+
+
+@pytest.mark.timeout(60)
+def test_fused_sketch_relays(spawn, server) -> None:
+    """
+    benchmarks/fused_sketch.py (the README's measurement of a fused
+    per-connection path) still runs: a request and its half-close reach an
+    echo backend through it, and the answer and EOF come back.
+    """
+
+    def echo(conn: socket.socket) -> None:
+        conn.sendall(recv_all(conn))
+
+    srv = server(echo)
+    backend = int(srv.address.rsplit(":", 1)[1])
+    port = free_port()
+    proc = spawn([sys.executable, SKETCH, port, backend], name="fused_sketch")
+    wait_for_port(port, proc)
+    for n in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+            client.sendall(b"request %d" % n)
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"request %d" % n
 
 
 def markdown_table(out: str, header_prefix: str) -> tuple[list[str], list[list[str]]]:
