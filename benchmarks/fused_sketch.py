@@ -46,7 +46,7 @@ from epcat import splice
 
 reactor: Any = epcat_reactor.install()
 
-_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_FLAGS = splice._FLAGS  # (SPLICE_F_MOVE | SPLICE_F_NONBLOCK, as the engine's)
 
 
 class _End:
