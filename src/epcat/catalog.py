@@ -253,6 +253,6 @@ def _half_close_words(prefix: str) -> str:
     mode = half_close_mode(prefix + ":")
     return {
         "shutdown": "yes (shutdown of the write side)",
-        "tls": "sends close_notify and keeps reading; a peer's close_notify ends the connection",
+        "tls": "sends close_notify and keeps reading; a peer's close_notify arrives as EOF",
         "none": "no: closed after flushing when the other side ends",
     }[mode]

@@ -22,8 +22,8 @@ from epcat.status import UsageError
 #:  - C{"shutdown"}: a real half-close (C{shutdown(SHUT_WR)}, or closing
 #:    stdout), and the peer's half-close arrives as C{readConnectionLost}.
 #:  - C{"tls"}: TLS; epcat sends close_notify for its write side and keeps
-#:    reading.  A peer's close_notify ends the connection both ways (Twisted's
-#:    TLS transport closes on it).
+#:    reading.  A peer's close_notify arrives as C{readConnectionLost} (with
+#:    L{epcat.tlsfix} installed; Twisted alone closes the connection on it).
 #:  - C{"none"}: no half-close; when the other side ends, this side is closed
 #:    once everything written to it has been flushed.
 HALF_CLOSE_SHUTDOWN = "shutdown"

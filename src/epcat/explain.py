@@ -27,7 +27,7 @@ from epcat.status import UsageError
 
 _HALF_CLOSE_WORDS = {
     "shutdown": "yes (shutdown of the write side)",
-    "tls": "sends TLS close_notify and keeps reading; a peer's close_notify ends it",
+    "tls": "sends TLS close_notify and keeps reading; a peer's close_notify is its EOF",
     "none": "no: closed after flushing when the other side ends",
 }
 

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
@@ -66,13 +66,18 @@ def _header_kind(buffer: bytes) -> str | None:
     raise InvalidProxyHeader("no PROXY header")
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class ProxyHeaderWrapper(ProtocolWrapper):
     """
     Reads a PROXY header, then builds the wrapped protocol (with the address
     the header carried, so the wrapped factory's C{buildProtocol} can refuse
     it) and connects it; its C{getPeer}/C{getHost} return the addresses the
     header carried.
+
+    Under TLS (C{haproxy:ssl:...}, where the header comes inside the TLS
+    session) the handshake is done before the header arrives, so before the
+    wrapped protocol exists: an C{IHandshakeListener} wrapped protocol is
+    told at once after its C{connectionMade}.
 
     @ivar proxy_info: the parsed header (C{ProxyInfo}), once it has arrived.
     @ivar proxied_by: the address of the sender of the header (the proxy).
@@ -89,6 +94,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         self._timer: Any = None
         self._rejected = False
         self._waiting = False
+        self._handshake_done = False
 
     # -- connection
 
@@ -148,6 +154,10 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             return
         self.wrappedProtocol = protocol
         protocol.makeConnection(self)
+        if self._handshake_done:
+            listener = IHandshakeListener(protocol, None)
+            if listener is not None:
+                listener.handshakeCompleted()
         if rest and self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(rest)
 
@@ -196,6 +206,14 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+
+    # -- IHandshakeListener (TLS underneath)
+
+    def handshakeCompleted(self) -> None:
+        self._handshake_done = True
+        listener = IHandshakeListener(self.wrappedProtocol, None)
+        if listener is not None:
+            listener.handshakeCompleted()
 
     # -- half-close and loss
 

@@ -46,14 +46,36 @@ def tls_shutdown_write(transport: Any) -> bool:
     sees the end of epcat's data and can go on sending (RFC 8446 section
     6.1).
 
-    @param transport: a C{TLSMemoryBIOProtocol} whose handshake is done and
-        whose buffered application data has been flushed.
+    Application data written before comes first: Twisted's
+    C{BufferingTLSTransport} holds small writes until the next reactor round
+    (its C{_aggregator}), so they are flushed into the TLS layer before the
+    alert.  Data the TLS layer itself still holds (C{_appSendBuffer}, writes
+    made while it waited for the peer) would come after the alert, so then
+    this does nothing and says so.
+
+    @param transport: a C{TLSMemoryBIOProtocol} whose handshake is done, or a
+        wrapper above one (epcat's PROXY header reader under
+        C{haproxy:ssl:}).
     @return: C{True} if the alert was written, C{False} if the TLS layer
-        would not do it (the caller should close instead).
+        would not do it (the caller should close instead, which flushes
+        first).
     """
     from OpenSSL.SSL import WantReadError
+    from twisted.protocols.policies import ProtocolWrapper
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+    # (the alert goes to the transport under the TLS layer, not through a
+    # wrapper above it)
+    while isinstance(transport, ProtocolWrapper) and not isinstance(
+        transport, TLSMemoryBIOProtocol
+    ):
+        transport = transport.transport
     try:
+        aggregator = transport.__dict__.get("_aggregator")
+        if aggregator is not None:
+            aggregator.flush()
+        if getattr(transport, "_appSendBuffer", None):
+            return False
         connection = transport.getHandle()
         connection.shutdown()
         while True:

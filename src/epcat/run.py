@@ -164,7 +164,7 @@ def verified_ssl_client(description: str) -> str:
 def _terminates_tls(description: str | None) -> bool:
     """
     Does this server description terminate TLS (so Twisted's ALPN fix is
-    needed)?  C{tlsx:} installs the fix itself.
+    needed, L{epcat.tlsfix})?  C{tlsx:} installs the fixes itself.
     """
     if description is None:
         return False
@@ -317,8 +317,11 @@ class Runner:
             L{EpcatError} or L{epcat.status.UsageError}.
         """
         plan = self.plan
-        if _terminates_tls(plan.listen):
-            # (only then: it loads pyOpenSSL, a few MiB per process)
+        if _terminates_tls(plan.listen) or any(
+            half_close_mode(d) == HALF_CLOSE_TLS for d in plan.connect
+        ):
+            # (only then: it loads pyOpenSSL, a few MiB per process): ALPN
+            # for TLS servers, close_notify as a half-close on every TLS side
             from epcat import tlsfix
 
             tlsfix.install()

@@ -1,8 +1,10 @@
-# -*- test-case-name: tests.test_tlsfix -*-
+# -*- test-case-name: tests.unit.test_tlsfix -*-
 """
-A narrow fix for Twisted's ALPN selection on TLS servers.
+Two narrow fixes to Twisted's TLS, installed together by L{install}, in this
+process only: ALPN selection on TLS servers, and half-close on a peer's
+close_notify.
 
-Twisted (seen in 24.x to 26.10) sets every server context up with
+B{ALPN.}  Twisted (seen in 24.x to 26.10) sets every server context up with
 C{twisted.internet._sslverify.setupForALPN}, whose select callback returns
 C{b""} when the client's ALPN list and the server's (usually empty) list do
 not overlap.  pyOpenSSL expects C{OpenSSL.SSL.NO_OVERLAPPING_PROTOCOLS} there
@@ -16,6 +18,20 @@ one that keeps Twisted's selection logic (via C{protosFromProtocol}) and
 answers "no overlap" the way pyOpenSSL documents (RFC 7301 section 3.2 lets a
 server that does not support any offered protocol simply not answer ALPN,
 which is what pyOpenSSL does with that sentinel).
+
+B{A peer's close_notify.}  Twisted's C{TLSMemoryBIOProtocol} takes the peer's
+close_notify (pyOpenSSL's C{ZeroReturnError}) as the end of the whole
+connection: it answers with its own close_notify and closes TCP, so nothing
+can be sent back afterwards.  TLS 1.3 makes close_notify the end of the
+sender's direction only: "Each party MUST send a close_notify alert before
+closing its write side of the connection" (RFC 8446 section 6.1), and peers
+that half-close over TLS (Go's C{tls.Conn.CloseWrite}, ghostunnel, epcat's
+own C{connect tls:} when its input ends) go on reading the answer.  After
+L{install}, a close_notify to a wrapped protocol that provides
+C{IHalfCloseableProtocol} is its C{readConnectionLost}; the connection stays
+open for writing, and closing it later (C{loseConnection}) sends epcat's own
+close_notify as before.  A TCP FIN after the close_notify is then a half-close
+too.  Protocols that do not half-close see what they saw before.
 """
 
 from __future__ import annotations
@@ -24,6 +40,9 @@ from typing import Any
 from collections.abc import Sequence
 
 _installed = False
+
+#: Twisted's own C{TLSMemoryBIOProtocol._flushReceiveBIO}, once replaced
+_twisted_flush_receive_bio: Any = None
 
 
 def select_protocol(
@@ -56,15 +75,78 @@ def _setup_for_alpn(context: Any, acceptable_protocols: Sequence[bytes]) -> None
     context.set_alpn_select_callback(alpn_select)
 
 
+def _read_closed_by_close_notify(tls: Any) -> bool:
+    """
+    The peer's close_notify has arrived on C{tls} (a C{TLSMemoryBIOProtocol}):
+    tell a half-closeable wrapped protocol its input has ended, once.
+
+    @return: C{True} if the protocol half-closes (the connection stays open
+        for writing), C{False} if Twisted should end the connection as usual.
+    """
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from zope.interface import alsoProvides
+
+    if tls.__dict__.get("_epcat_read_closed"):
+        return True  # (told already: more records after the close_notify)
+    half = IHalfCloseableProtocol(tls.wrappedProtocol, None)
+    if half is None:
+        return False
+    tls._epcat_read_closed = True
+    # A TCP FIN after the close_notify ends nothing more: the TCP transport
+    # asks its protocol (this one) whether it half-closes when it reads EOF.
+    alsoProvides(tls, IHalfCloseableProtocol)
+    tls.readConnectionLost = _nothing_more_to_read
+    half.readConnectionLost()
+    return True
+
+
+def _nothing_more_to_read() -> None:
+    """
+    TCP EOF after a close_notify already passed on as C{readConnectionLost}.
+    """
+
+
+def _flush_receive_bio(self: Any) -> None:
+    """
+    Twisted's C{TLSMemoryBIOProtocol._flushReceiveBIO} (Twisted 26.10), with
+    one change: a close_notify (C{ZeroReturnError}) goes to
+    L{_read_closed_by_close_notify} first, and only a protocol that does not
+    half-close gets Twisted's answer (close_notify back, then TCP closed).
+    """
+    from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+    from twisted.protocols.policies import ProtocolWrapper
+    from twisted.python.failure import Failure
+
+    while not self._lostTLSConnection:
+        try:
+            data = self._tlsConnection.recv(2**15)
+        except WantReadError:
+            break
+        except ZeroReturnError:
+            if _read_closed_by_close_notify(self):
+                break
+            self._shutdownTLS()
+            self._tlsShutdownFinished(None)
+        except Error:
+            self._tlsShutdownFinished(Failure())
+        else:
+            if not self._aborted:
+                ProtocolWrapper.dataReceived(self, data)
+    self._flushSendBIO()
+
+
 def install() -> bool:
     """
     Replace Twisted's C{setupForALPN} with L{_setup_for_alpn} for every TLS
-    context created afterwards in this process.  Idempotent.
+    context created afterwards in this process, and make a peer's
+    close_notify a half-close for half-closeable protocols
+    (L{install_half_close}).  Idempotent.
 
-    @return: C{True} if the fix is in place, C{False} if this Twisted has no
-        such function (nothing to fix).
+    @return: C{True} if the ALPN fix is in place, C{False} if this Twisted
+        has no C{setupForALPN} (nothing to fix there).
     """
     global _installed
+    install_half_close()
     if _installed:
         return True
     from twisted.internet import _sslverify
@@ -74,3 +156,17 @@ def install() -> bool:
     _sslverify.setupForALPN = _setup_for_alpn
     _installed = True
     return True
+
+
+def install_half_close() -> None:
+    """
+    Make a peer's close_notify a half-close (L{_flush_receive_bio}) for every
+    C{TLSMemoryBIOProtocol} in this process.  Idempotent.
+    """
+    global _twisted_flush_receive_bio
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    if TLSMemoryBIOProtocol._flushReceiveBIO is _flush_receive_bio:
+        return
+    _twisted_flush_receive_bio = TLSMemoryBIOProtocol._flushReceiveBIO
+    TLSMemoryBIOProtocol._flushReceiveBIO = _flush_receive_bio

@@ -12,6 +12,7 @@ import socket
 import ssl
 import struct
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -326,3 +327,184 @@ def test_tls_v_logs_version_and_cipher(spawn, epcat_proc, server, tls_files):
         tls.sendall(b"ping")
         assert tls.recv(4) == b"ping"
         ep.wait_stderr(r"^epcat: \[1\] .*\bTLSv1\.[23]\b.*(AES|CHACHA)", timeout=5)
+
+
+# -- a peer's close_notify is a half-close (epcat.tlsfix)
+
+
+def half_closing_tls_client(port: int, ca_pem: Any, payload: bytes, fin: bool = False) -> bytes:
+    """
+    A TLS client that sends C{payload}, then its close_notify (and, if
+    C{fin}, a TCP FIN after it), and reads the answer to the end: how Go's
+    C{tls.Conn.CloseWrite} and ghostunnel end their side.  Python's
+    C{SSLSocket.unwrap} would wait for the peer's close_notify first, so this
+    drives an C{SSLObject} over memory BIOs.
+
+    @return: every byte of application data received.
+    """
+    context = ssl.create_default_context(cafile=str(ca_pem))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+
+        def flush() -> None:
+            data = outgoing.read()
+            if data:
+                sock.sendall(data)
+
+        def feed() -> bytes:
+            data = sock.recv(1 << 16)
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()
+            return data
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                feed()
+        flush()
+        view = memoryview(payload)
+        while view:
+            view = view[tls.write(view[: 1 << 14]) :]
+            flush()
+        try:
+            tls.unwrap()  # writes the close_notify; the peer's is still to come
+        except ssl.SSLWantReadError:
+            pass
+        flush()
+        if fin:
+            sock.shutdown(socket.SHUT_WR)
+        answer = bytearray()
+        while True:
+            try:
+                answer += tls.read(1 << 16)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return bytes(answer)  # the peer's close_notify
+            if not feed():
+                return bytes(answer)
+
+
+def digest_after_eof(conn: socket.socket) -> bytes:
+    """
+    Read to EOF, then answer with the SHA-256 of what came and close.
+    """
+    import hashlib
+
+    got = recv_all(conn)
+    conn.sendall(hashlib.sha256(got).hexdigest().encode() + b"\n")
+    return got
+
+
+def sha_line(data: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest().encode() + b"\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fin", [False, True], ids=["close_notify", "close_notify+FIN"])
+def test_tls_termination_close_notify_is_a_half_close(epcat_proc, server, tls_files, fin):
+    """
+    A TLS client that ends its side with close_notify (and maybe a FIN) and
+    waits for the answer: the backend gets the EOF, and its answer, sent
+    after it, comes back over TLS, followed by epcat's close_notify.
+    """
+    srv = server(digest_after_eof)
+    ep = epcat_proc(
+        "-v", "listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        "connect", f"tcp:{srv.address}",
+    )
+    payload = os.urandom(1_000_000)
+    answer = half_closing_tls_client(ep.port(), tls_files.ca_pem, payload, fin=fin)
+    assert answer == sha_line(payload)
+    assert srv.wait_results(1) == [payload]
+    ep.wait_stderr(r"\[1\] closed: 1000000 bytes inbound->outbound, 65 bytes")
+    assert "warning" not in ep.err, ep.err
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_chained_to_tls_termination(epcat_proc, server, tls_files):
+    """
+    The README's two TLS examples chained: C{epcat connect tls:} (which
+    half-closes with close_notify when stdin ends) through C{epcat listen
+    ssl: ... connect tcp:} to a server that answers after EOF.  The answer
+    arrives whole and both exit cleanly.
+    """
+    srv = server(digest_after_eof)
+    relay = epcat_proc(
+        "-v", "listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        "connect", f"tcp:{srv.address}",
+    )
+    request = os.urandom(300_000)
+    client = epcat_proc(
+        "connect", f"tls:localhost:{relay.port()}:trustRoots={tls_files.ca_dir}", stdin=request,
+    )
+    assert client.finish() == 0, client.describe()
+    assert client.out == sha_line(request)
+    assert srv.wait_results(1) == [request]
+    no_traceback(client.err + relay.err)
+
+
+@pytest.mark.timeout(60)
+def test_tls_to_tls_relay_keeps_order_of_data_and_close_notify(epcat_proc, server, tls_files):
+    """
+    C{listen ssl: connect tls:}: the client's last bytes and its close_notify
+    reach epcat in one read; epcat writes the bytes to the backend's TLS
+    connection and then half-closes it, and the close_notify must not
+    overtake the bytes (Twisted's TLS transport holds small writes for a
+    reactor round).
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tls_files.cert), str(tls_files.key))
+
+    def tls_digest_after_close_notify(conn: socket.socket) -> bytes:
+        with context.wrap_socket(conn, server_side=True) as tls:
+            got = recv_all(tls)  # b"" on epcat's close_notify
+            tls.sendall(sha_line(got))
+            tls.unwrap()
+            return got
+
+    srv = server(tls_digest_after_close_notify)
+    ep = epcat_proc(
+        "-v", "listen",
+        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        "connect", f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}",
+    )
+    port = ep.port()
+    for size in (5, 70_000):  # (one small record; several)
+        payload = os.urandom(size)
+        assert half_closing_tls_client(port, tls_files.ca_pem, payload) == sha_line(payload)
+    assert sorted(len(got) for got in srv.wait_results(2)) == [5, 70_000]
+    assert "warning" not in ep.err, ep.err
+
+
+@pytest.mark.timeout(60)
+def test_haproxy_ssl_half_close_and_handshake(epcat_proc, server, tls_files):
+    """
+    C{haproxy:ssl:} (the PROXY header comes inside TLS, so after the
+    handshake): the handshake is reported (C{-v}), the close_notify is a
+    half-close, and the pair ends with no warning.
+    """
+    srv = server(digest_after_eof)
+    ep = epcat_proc(
+        "-v", "listen",
+        f"haproxy:ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        "connect", f"tcp:{srv.address}",
+    )
+    header = b"PROXY TCP4 127.0.0.9 127.0.0.1 1111 443\r\n"
+    payload = os.urandom(50_000)
+    answer = half_closing_tls_client(ep.port(), tls_files.ca_pem, header + payload)
+    assert answer == sha_line(payload)
+    ep.wait_stderr(r"\[1\] TLS with the inbound side: TLSv1\.[23]")
+    ep.wait_stderr(r"\[1\] closed: ")
+    assert "warning" not in ep.err, ep.err

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 from twisted.internet import _sslverify
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IHalfCloseableProtocol, IOpenSSLServerConnectionCreator
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from epcat import tlsfix
 from epcat.tlsfix import select_protocol
@@ -30,6 +35,9 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     monkeypatch.setattr(_sslverify, "setupForALPN", twisted_setup_for_alpn)
     monkeypatch.setattr(tlsfix, "_installed", False)
+    monkeypatch.setattr(
+        TLSMemoryBIOProtocol, "_flushReceiveBIO", TLSMemoryBIOProtocol._flushReceiveBIO
+    )
 
 
 # -- select_protocol
@@ -173,3 +181,186 @@ def test_alpn_client_completes_a_handshake_with_a_twisted_server_context(fresh: 
     handshake(server, client)
     assert client.get_alpn_proto_negotiated() == b""
     assert server.get_alpn_proto_negotiated() == b""
+
+
+# -- a peer's close_notify: half-close for half-closeable protocols
+
+
+class Recorder(Protocol):
+    """
+    Records what a TLS server hands its protocol.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.read_lost = 0
+        self.lost: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = reason
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloser(Recorder):
+    def readConnectionLost(self) -> None:
+        self.read_lost += 1
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerContext:
+    """
+    Connections for Twisted's TLS server, with a trustme certificate.
+    """
+
+    def __init__(self) -> None:
+        import trustme  # (a test dependency)
+
+        cert = trustme.CA().issue_cert("localhost")
+        self.context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        cert.configure_cert(self.context)
+
+    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+
+class Session:
+    """
+    Twisted's TLS server (a C{TLSMemoryBIOProtocol} over a
+    C{StringTransport}) and a pyOpenSSL client on memory BIOs, handshaken.
+    """
+
+    def __init__(self, protocol: Recorder) -> None:
+        self.protocol = protocol
+        #: Twisted's TLS transport holds small writes until the next round
+        self.clock = Clock()
+        factory = TLSMemoryBIOFactory(
+            ServerContext(), False, Factory.forProtocol(lambda: protocol), clock=self.clock
+        )
+        self.server = factory.buildProtocol(None)
+        self.wire = StringTransport()
+        self.server.makeConnection(self.wire)
+        self.client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        self.client.set_connect_state()
+        for _ in range(10):
+            try:
+                self.client.do_handshake()
+            except SSL.WantReadError:
+                pass
+            self.to_server()
+            self.to_client()
+        assert self.server._handshakeDone
+
+    def to_server(self) -> None:
+        try:
+            data = self.client.bio_read(1 << 20)
+        except SSL.WantReadError:
+            return
+        self.server.dataReceived(data)
+
+    def to_client(self) -> None:
+        self.clock.advance(0)
+        data = self.wire.value()
+        self.wire.clear()
+        if data:
+            self.client.bio_write(data)
+
+    def client_reads(self) -> bytes:
+        self.to_client()
+        got = b""
+        while True:
+            try:
+                got += self.client.recv(1 << 16)
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                return got
+
+    def client_half_closes(self, request: bytes) -> None:
+        self.client.sendall(request)
+        self.client.shutdown()  # close_notify, and go on reading
+        self.to_server()
+
+
+def test_close_notify_is_a_half_close_for_a_half_closeable_protocol(fresh: None) -> None:
+    """
+    After install, the peer's close_notify is C{readConnectionLost}; the
+    connection stays up, a reply written afterwards reaches the peer, and
+    closing then sends epcat's own close_notify.
+    """
+    tlsfix.install()
+    session = Session(HalfCloser())
+    session.client_half_closes(b"request")
+    protocol = session.protocol
+    assert protocol.data == b"request"
+    assert protocol.read_lost == 1
+    assert protocol.lost is None
+    assert not session.wire.disconnecting
+    session.server.write(b"the reply")
+    assert session.client_reads() == b"the reply"
+    session.server.loseConnection()
+    assert session.wire.disconnecting
+    session.client_reads()
+    assert session.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN
+
+
+def test_close_notify_is_told_once(fresh: None) -> None:
+    """
+    Records after the close_notify (or TCP EOF, which the TLS protocol now
+    takes as a half-close too) do not repeat C{readConnectionLost}.
+    """
+    tlsfix.install()
+    session = Session(HalfCloser())
+    session.client_half_closes(b"x")
+    session.server._flushReceiveBIO()  # (as for a later record)
+    assert IHalfCloseableProtocol.providedBy(session.server)
+    session.server.readConnectionLost()  # (the TCP transport's call on FIN)
+    assert session.protocol.read_lost == 1
+    assert not session.wire.disconnecting
+
+
+def test_close_notify_still_ends_a_protocol_that_does_not_half_close(fresh: None) -> None:
+    """
+    Protocols without C{IHalfCloseableProtocol} see what Twisted gives them:
+    the connection ends (close_notify back, TCP closed).
+    """
+    tlsfix.install()
+    session = Session(Recorder())
+    session.client_half_closes(b"request")
+    assert session.protocol.data == b"request"
+    assert session.wire.disconnecting
+    assert not IHalfCloseableProtocol.providedBy(session.server)
+
+
+def test_without_install_twisted_ends_the_connection(fresh: None) -> None:
+    """
+    What the fix is for: Twisted alone closes a half-closeable protocol's
+    connection on close_notify, so no reply can follow.
+    """
+    session = Session(HalfCloser())
+    session.client_half_closes(b"request")
+    assert session.protocol.read_lost == 0
+    assert session.wire.disconnecting
+
+
+def test_tls_shutdown_write_sends_buffered_data_before_close_notify(fresh: None) -> None:
+    """
+    epcat's own TLS half-close (L{epcat.relay.tls_shutdown_write}) right
+    after a write in the same reactor round: the data Twisted's TLS
+    transport held for the round goes out before the close_notify, and the
+    connection stays up for reading.
+    """
+    from epcat.relay import tls_shutdown_write
+
+    session = Session(HalfCloser())
+    session.server.write(b"the last bytes")
+    assert tls_shutdown_write(session.server)
+    assert session.client_reads() == b"the last bytes"
+    assert session.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN
+    session.client.sendall(b"still reading")
+    session.to_server()
+    assert session.protocol.data == b"still reading"
+    assert not session.wire.disconnecting
