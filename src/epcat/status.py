@@ -150,11 +150,17 @@ def classify(failure: Failure | BaseException, timed_out: bool = False) -> tuple
 
 def _is_tls_error(exc: BaseException) -> bool:
     module = type(exc).__module__ or ""
-    return module.startswith(("OpenSSL", "service_identity"))
+    # (tls_verification: epcat.tlsfix's stand-in for service-identity's
+    # CertificateError)
+    return module.startswith(("OpenSSL", "service_identity")) or getattr(
+        exc, "tls_verification", False
+    )
 
 
 def _tls_text(exc: BaseException) -> str:
-    if type(exc).__module__.startswith("service_identity"):
+    if type(exc).__module__.startswith("service_identity") or getattr(
+        exc, "tls_verification", False
+    ):
         return str(exc) or type(exc).__name__
     return _openssl_reason(exc)
 

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.unit.test_tlsfix -*-
 """
-Two narrow fixes to Twisted's TLS, installed together by L{install}, in this
-process only: ALPN selection on TLS servers, and half-close on a peer's
-close_notify.
+Three narrow fixes to Twisted's TLS, installed together by L{install}, in
+this process only: ALPN selection on TLS servers, half-close on a peer's
+close_notify, and failing closed on a certificate service-identity cannot
+check.
 
 B{ALPN.}  Twisted (seen in 24.x to 26.10) sets every server context up with
 C{twisted.internet._sslverify.setupForALPN}, whose select callback returns
@@ -32,6 +33,19 @@ C{IHalfCloseableProtocol} is its C{readConnectionLost}; the connection stays
 open for writing, and closing it later (C{loseConnection}) sends epcat's own
 close_notify as before.  A TCP FIN after the close_notify is then a half-close
 too.  Protocols that do not half-close see what they saw before.
+
+B{Certificates without subjectAltName.}  The verify callback of Twisted's
+C{tls:} client (C{_sslverify._verifyCB}, Twisted 26.10) catches only
+service-identity's C{VerificationError}.  A certificate from a trusted CA with
+no subjectAltName makes service-identity raise C{CertificateError} instead,
+which Twisted logs as a traceback ("while verifying certificate") while
+OpenSSL's verdict on the chain stands: the certificate is accepted for any
+name.  epcat's own L{epcat.tlsinfo.check_identity} catches that after the
+handshake for names sent as SNI, but not for IP addresses (no SNI).  After
+L{install}, Twisted's callback sees a C{CertificateError} as the
+C{VerificationError} it handles: the handshake fails with the reason, exit 60,
+and no traceback.  (epcat's C{tlsx:} has a fail-closed callback of its own,
+L{epcat.tlsx.verify_callback}.)
 """
 
 from __future__ import annotations
@@ -135,18 +149,83 @@ def _flush_receive_bio(self: Any) -> None:
     self._flushSendBIO()
 
 
+def _certificate_error_as_verification_error(verify: Any) -> Any:
+    """
+    Wrap service-identity's C{verify_service_identity} so that a
+    C{CertificateError} is raised as L{UncheckableCertificate}.
+    """
+    from service_identity import CertificateError
+
+    def verify_service_identity(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return verify(*args, **kwargs)
+        except CertificateError as e:
+            raise UncheckableCertificate(e) from e
+
+    verify_service_identity.epcat_wrapped = verify  # type: ignore[attr-defined]
+    return verify_service_identity
+
+
+def _uncheckable_certificate_class() -> Any:
+    from service_identity import VerificationError
+
+    class CertificateError(VerificationError):
+        """
+        service-identity's C{CertificateError} (e.g. no subjectAltName) as a
+        C{VerificationError}, which Twisted's verify callback handles by
+        failing the handshake; C{str()} is the original message.
+        """
+
+        #: (L{epcat.status.classify}: a certificate verification failure)
+        tls_verification = True
+
+        def __init__(self, cause: Exception) -> None:
+            super().__init__(errors=[])
+            self.cause = cause
+
+        def __str__(self) -> str:
+            return str(self.cause)
+
+    CertificateError.__qualname__ = "UncheckableCertificate"
+    return CertificateError
+
+
+def install_fail_closed() -> None:
+    """
+    Make Twisted's C{tls:} verify callback fail on a certificate that
+    service-identity cannot check (see the module docstring).  Idempotent.
+    """
+    global UncheckableCertificate
+    from twisted.internet import _sslverify
+
+    verify = getattr(_sslverify, "verify_service_identity", None)
+    if verify is None or hasattr(verify, "epcat_wrapped"):
+        return
+    if UncheckableCertificate is None:
+        UncheckableCertificate = _uncheckable_certificate_class()
+    _sslverify.verify_service_identity = _certificate_error_as_verification_error(verify)
+
+
+#: the exception L{install_fail_closed} raises for a C{CertificateError}
+#: (a C{service_identity.VerificationError}; made on first use, so that
+#: importing this module does not import service-identity)
+UncheckableCertificate: Any = None
+
+
 def install() -> bool:
     """
     Replace Twisted's C{setupForALPN} with L{_setup_for_alpn} for every TLS
-    context created afterwards in this process, and make a peer's
-    close_notify a half-close for half-closeable protocols
-    (L{install_half_close}).  Idempotent.
+    context created afterwards in this process, make a peer's close_notify
+    a half-close for half-closeable protocols (L{install_half_close}), and
+    make Twisted's C{tls:} client fail closed (L{install_fail_closed}).
+    Idempotent.
 
     @return: C{True} if the ALPN fix is in place, C{False} if this Twisted
         has no C{setupForALPN} (nothing to fix there).
     """
     global _installed
     install_half_close()
+    install_fail_closed()
     if _installed:
         return True
     from twisted.internet import _sslverify

@@ -508,3 +508,76 @@ def test_haproxy_ssl_half_close_and_handshake(epcat_proc, server, tls_files):
     ep.wait_stderr(r"\[1\] TLS with the inbound side: TLSv1\.[23]")
     ep.wait_stderr(r"\[1\] closed: ")
     assert "warning" not in ep.err, ep.err
+
+
+# -- a certificate without subjectAltName (epcat.tlsfix)
+
+
+def san_less_certificate(tls_files: Any, path: Any, name: str) -> None:
+    """
+    Write to C{path} a key and a certificate for CN=C{name}, signed by the
+    trustme CA, with no subjectAltName at all.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = serialization.load_pem_private_key(tls_files.ca.private_key_pem.bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate(tls_files.ca.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_tls_origination_rejects_a_certificate_without_subject_alt_name(
+    spawn, tls_files, tmp_path, host
+):
+    """
+    A certificate from the trusted CA that names the host only in its CN:
+    service-identity cannot check it, and Twisted's own verify callback lets
+    it through with a logged traceback.  epcat fails closed: exit 60, one
+    error line, no traceback -- for an IP address (no SNI to check
+    afterwards) as for a name.
+    """
+    cert = tmp_path / "cn-only.pem"
+    san_less_certificate(tls_files, cert, host)
+    openssl = require("openssl")
+    proc = spawn(
+        # (-rev: s_server does not read its stdin, whose EOF would end the
+        # connection before the handshake)
+        [openssl, "s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-rev",
+         "-cert", str(cert)],
+        name="openssl-s_server",
+        stdout="lines",
+    )
+    port = int(proc.stdout_lines.wait_for(r"^ACCEPT .*:(\d+)$").group(1))
+    result = run_epcat("connect", f"tls:{host}:{port}:trustRoots={tls_files.ca_dir}",
+                       stdin=b"hello\n")
+    err = result.stderr.decode()
+    assert result.returncode == 60, err
+    line = one_error_line(err)
+    assert "certificate verification failed" in line and "subjectAltName" in line, line
+    assert result.stdout == b""
+    no_traceback(err)

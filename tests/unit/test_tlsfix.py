@@ -35,8 +35,14 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     monkeypatch.setattr(_sslverify, "setupForALPN", twisted_setup_for_alpn)
     monkeypatch.setattr(tlsfix, "_installed", False)
+    # (Twisted's own, even if another test in this process installed the fixes)
+    flush = TLSMemoryBIOProtocol._flushReceiveBIO
+    if flush is tlsfix._flush_receive_bio:
+        flush = tlsfix._twisted_flush_receive_bio
+    monkeypatch.setattr(TLSMemoryBIOProtocol, "_flushReceiveBIO", flush)
+    verify = _sslverify.verify_service_identity
     monkeypatch.setattr(
-        TLSMemoryBIOProtocol, "_flushReceiveBIO", TLSMemoryBIOProtocol._flushReceiveBIO
+        _sslverify, "verify_service_identity", getattr(verify, "epcat_wrapped", verify)
     )
 
 
@@ -364,3 +370,34 @@ def test_tls_shutdown_write_sends_buffered_data_before_close_notify(fresh: None)
     session.to_server()
     assert session.protocol.data == b"still reading"
     assert not session.wire.disconnecting
+
+
+# -- certificates service-identity cannot check fail verification
+
+
+def test_certificate_error_becomes_a_verification_error(fresh: None) -> None:
+    """
+    Twisted's C{tls:} verify callback handles only C{VerificationError}:
+    after install, service-identity's C{CertificateError} (no subjectAltName)
+    reaches it as one, keeping its message, and epcat classifies it as a
+    verification failure (exit 60).
+    """
+    from service_identity import CertificateError, VerificationError
+
+    from epcat.status import ExitStatus, classify
+
+    def no_san(*args: Any) -> None:
+        raise CertificateError("Certificate does not contain any `subjectAltName`s.")
+
+    _sslverify.verify_service_identity = no_san
+    tlsfix.install()
+    with pytest.raises(VerificationError) as caught:
+        _sslverify.verify_service_identity([], [], [])
+    assert str(caught.value) == "Certificate does not contain any `subjectAltName`s."
+    assert classify(caught.value) == (
+        ExitStatus.TLS_VERIFY,
+        "TLS certificate verification failed: Certificate does not contain any "
+        "`subjectAltName`s.",
+    )
+    tlsfix.install()  # (idempotent: wrapped once)
+    assert _sslverify.verify_service_identity.epcat_wrapped is no_san
