@@ -90,11 +90,7 @@ def _is_verification(error: BaseException) -> bool:
     Did this TLS error come from peer certificate verification?
     """
     name = type(error).__name__
-    module = type(error).__module__ or ""
-    if module.startswith("service_identity") or name in (
-        "VerificationError",
-        "CertificateError",
-    ):
+    if _from_service_identity(error) or name in ("VerificationError", "CertificateError"):
         return True
     return "certificate verify failed" in _openssl_reason(error)
 
@@ -148,19 +144,21 @@ def classify(failure: Failure | BaseException, timed_out: bool = False) -> tuple
     return ExitStatus.FAILURE, str(exc) or type(exc).__name__
 
 
-def _is_tls_error(exc: BaseException) -> bool:
+def _from_service_identity(exc: BaseException) -> bool:
+    """
+    Is C{exc} service-identity's, or L{epcat.tlsfix}'s stand-in for its
+    C{CertificateError} (marked C{tls_verification})?
+    """
     module = type(exc).__module__ or ""
-    # (tls_verification: epcat.tlsfix's stand-in for service-identity's
-    # CertificateError)
-    return module.startswith(("OpenSSL", "service_identity")) or getattr(
-        exc, "tls_verification", False
-    )
+    return module.startswith("service_identity") or getattr(exc, "tls_verification", False)
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    return (type(exc).__module__ or "").startswith("OpenSSL") or _from_service_identity(exc)
 
 
 def _tls_text(exc: BaseException) -> str:
-    if type(exc).__module__.startswith("service_identity") or getattr(
-        exc, "tls_verification", False
-    ):
+    if _from_service_identity(exc):
         return str(exc) or type(exc).__name__
     return _openssl_reason(exc)
 

@@ -169,7 +169,7 @@ def _certificate_error_as_verification_error(verify: Any) -> Any:
 def _uncheckable_certificate_class() -> Any:
     from service_identity import VerificationError
 
-    class CertificateError(VerificationError):
+    class UncheckableCertificate(VerificationError):
         """
         service-identity's C{CertificateError} (e.g. no subjectAltName) as a
         C{VerificationError}, which Twisted's verify callback handles by
@@ -186,8 +186,7 @@ def _uncheckable_certificate_class() -> Any:
         def __str__(self) -> str:
             return str(self.cause)
 
-    CertificateError.__qualname__ = "UncheckableCertificate"
-    return CertificateError
+    return UncheckableCertificate
 
 
 def install_fail_closed() -> None:

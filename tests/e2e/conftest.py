@@ -415,6 +415,47 @@ class TLSFiles:
         trustme.CA().cert_pem.write_to_path(str(self.wrong_ca_dir / "ca.pem"))
         self.ca = ca
 
+    def ssl_listen(self, prefix: str = "") -> str:
+        """
+        A C{ssl:} server description on 127.0.0.1, any free port, with this
+        certificate (C{prefix}: a wrapper such as C{"haproxy:"}).
+        """
+        return f"{prefix}ssl:0:interface=127.0.0.1:privateKey={self.key}:certKey={self.cert}"
+
+
+def no_subject_alt_name(ca: Any, common_name: str) -> tuple[bytes, bytes]:
+    """
+    A certificate signed by C{ca} naming C{common_name} in its subject only
+    (no subjectAltName), and its key, as PEM.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    issuer_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption()),
+    )
+
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> TLSFiles:

@@ -19,6 +19,7 @@ import pytest
 from .conftest import (
     WAIT,
     echo_handler,
+    no_subject_alt_name,
     no_traceback,
     one_error_line,
     recv_all,
@@ -216,7 +217,7 @@ def test_tls_termination_with_curl(epcat_proc, nginx, tls_files):
     """
     ep = epcat_proc(
         "-v", "listen",
-        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        tls_files.ssl_listen(),
         "connect", f"tcp:127.0.0.1:{nginx.port}",
     )
     port = ep.port()
@@ -240,7 +241,7 @@ def test_tls_termination_python_client_http11_alpn(epcat_proc, server, tls_files
     srv = server(echo_handler)
     ep = epcat_proc(
         "-v", "listen",
-        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        tls_files.ssl_listen(),
         "connect", f"tcp:{srv.address}",
     )
     port = ep.port()
@@ -315,7 +316,7 @@ def test_tls_v_logs_version_and_cipher(spawn, epcat_proc, server, tls_files):
     srv = server(echo_handler)
     ep = epcat_proc(
         "-v", "listen",
-        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        tls_files.ssl_listen(),
         "connect", f"tcp:{srv.address}",
     )
     port = ep.port()
@@ -420,7 +421,7 @@ def test_tls_termination_close_notify_is_a_half_close(epcat_proc, server, tls_fi
     srv = server(digest_after_eof)
     ep = epcat_proc(
         "-v", "listen",
-        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        tls_files.ssl_listen(),
         "connect", f"tcp:{srv.address}",
     )
     payload = os.urandom(1_000_000)
@@ -442,7 +443,7 @@ def test_tls_origination_chained_to_tls_termination(epcat_proc, server, tls_file
     srv = server(digest_after_eof)
     relay = epcat_proc(
         "-v", "listen",
-        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        tls_files.ssl_listen(),
         "connect", f"tcp:{srv.address}",
     )
     request = os.urandom(300_000)
@@ -477,7 +478,7 @@ def test_tls_to_tls_relay_keeps_order_of_data_and_close_notify(epcat_proc, serve
     srv = server(tls_digest_after_close_notify)
     ep = epcat_proc(
         "-v", "listen",
-        f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        tls_files.ssl_listen(),
         "connect", f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}",
     )
     port = ep.port()
@@ -498,7 +499,7 @@ def test_haproxy_ssl_half_close_and_handshake(epcat_proc, server, tls_files):
     srv = server(digest_after_eof)
     ep = epcat_proc(
         "-v", "listen",
-        f"haproxy:ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}",
+        tls_files.ssl_listen("haproxy:"),
         "connect", f"tcp:{srv.address}",
     )
     header = b"PROXY TCP4 127.0.0.9 127.0.0.1 1111 443\r\n"
@@ -513,42 +514,6 @@ def test_haproxy_ssl_half_close_and_handshake(epcat_proc, server, tls_files):
 # -- a certificate without subjectAltName (epcat.tlsfix)
 
 
-def san_less_certificate(tls_files: Any, path: Any, name: str) -> None:
-    """
-    Write to C{path} a key and a certificate for CN=C{name}, signed by the
-    trustme CA, with no subjectAltName at all.
-    """
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    ca_key = serialization.load_pem_private_key(tls_files.ca.private_key_pem.bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate(tls_files.ca.cert_pem.bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(ca_key, hashes.SHA256())
-    )
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_tls_origination_rejects_a_certificate_without_subject_alt_name(
@@ -561,8 +526,9 @@ def test_tls_origination_rejects_a_certificate_without_subject_alt_name(
     error line, no traceback -- for an IP address (no SNI to check
     afterwards) as for a name.
     """
+    pem, key = no_subject_alt_name(tls_files.ca, host)
     cert = tmp_path / "cn-only.pem"
-    san_less_certificate(tls_files, cert, host)
+    cert.write_bytes(key + pem)
     openssl = require("openssl")
     proc = spawn(
         # (-rev: s_server does not read its stdin, whose EOF would end the
