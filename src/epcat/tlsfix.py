@@ -32,7 +32,8 @@ L{install}, a close_notify to a wrapped protocol that provides
 C{IHalfCloseableProtocol} is its C{readConnectionLost}; the connection stays
 open for writing, and closing it later (C{loseConnection}) sends epcat's own
 close_notify as before.  A TCP FIN after the close_notify is then a half-close
-too.  Protocols that do not half-close see what they saw before.
+too, on servers and on endpoint clients (through Twisted's
+C{_WrappingProtocol}).  Protocols that do not half-close see what they saw before.
 
 B{Certificates without subjectAltName.}  The verify callback of Twisted's
 C{tls:} client (C{_sslverify._verifyCB}, Twisted 26.10) catches only
@@ -107,9 +108,14 @@ def _read_closed_by_close_notify(tls: Any) -> bool:
         return False
     tls._epcat_read_closed = True
     # A TCP FIN after the close_notify ends nothing more: the TCP transport
-    # asks its protocol (this one) whether it half-closes when it reads EOF.
+    # asks its protocol (this one, or the endpoint's _WrappingProtocol around
+    # it on a client, which copied this one's interfaces when it was made)
+    # whether it half-closes when it reads EOF.
     alsoProvides(tls, IHalfCloseableProtocol)
     tls.readConnectionLost = _nothing_more_to_read
+    outer = getattr(tls.transport, "protocol", None)
+    if outer is not None and outer is not tls and getattr(outer, "_wrappedProtocol", None) is tls:
+        alsoProvides(outer, IHalfCloseableProtocol)
     half.readConnectionLost()
     return True
 

@@ -547,3 +547,46 @@ def test_tls_origination_rejects_a_certificate_without_subject_alt_name(
     assert "certificate verification failed" in line and "subjectAltName" in line, line
     assert result.stdout == b""
     no_traceback(err)
+
+
+@pytest.mark.timeout(60)
+def test_tls_origination_server_closes_first_with_close_notify_and_fin(
+    epcat_proc, server, tls_files
+):
+    """
+    A TLS server that says its piece, sends close_notify and a TCP FIN, and
+    then reads to the end: epcat (a Twisted endpoint client, whose TCP
+    protocol is Twisted's _WrappingProtocol around the TLS one) takes both as
+    the end of the server's direction only, and goes on sending stdin, as it
+    does on tcp:.  Before, the FIN closed the connection and the rest of
+    stdin was dropped with exit 0.
+    """
+    from OpenSSL import SSL
+
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.use_certificate_chain_file(str(tls_files.cert))
+    context.use_privatekey_file(str(tls_files.key))
+
+    def close_first_then_read(conn: socket.socket) -> bytes:
+        conn.setblocking(True)  # (pyOpenSSL has no timeouts; the test's bounds it)
+        tls = SSL.Connection(context, conn)
+        tls.set_accept_state()
+        tls.do_handshake()
+        tls.sendall(b"hi\n")
+        tls.shutdown()  # close_notify, and go on reading
+        conn.shutdown(socket.SHUT_WR)
+        got = bytearray()
+        while True:
+            try:
+                got += tls.recv(1 << 16)
+            except SSL.ZeroReturnError:
+                return bytes(got)  # epcat's close_notify, after all of stdin
+
+    srv = server(close_first_then_read)
+    request = os.urandom(2_000_000)
+    ep = epcat_proc("connect", f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}",
+                    stdin=request)
+    assert ep.finish() == 0, ep.describe()
+    assert ep.out == b"hi\n"
+    assert srv.wait_results(1) == [request]
+    no_traceback(ep.err)

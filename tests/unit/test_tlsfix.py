@@ -401,3 +401,25 @@ def test_certificate_error_becomes_a_verification_error(fresh: None) -> None:
     )
     tlsfix.install()  # (idempotent: wrapped once)
     assert _sslverify.verify_service_identity.epcat_wrapped is no_san
+
+
+def test_close_notify_makes_an_endpoint_wrapper_half_close_too(fresh: None) -> None:
+    """
+    On a client made by a Twisted endpoint, the TCP transport's protocol is
+    a C{_WrappingProtocol} around the TLS one, which copied its interfaces
+    when it was made: it half-closes too once the close_notify has come, so
+    a FIN after it reaches the no-op C{readConnectionLost}.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import _WrappingProtocol
+
+    tlsfix.install()
+    session = Session(HalfCloser())
+    outer = _WrappingProtocol(Deferred(), session.server)
+    session.wire.protocol = outer
+    assert not IHalfCloseableProtocol.providedBy(outer)
+    session.client_half_closes(b"x")
+    assert IHalfCloseableProtocol.providedBy(outer)
+    outer.readConnectionLost()  # (the TCP transport's call on FIN)
+    assert session.protocol.read_lost == 1
+    assert not session.wire.disconnecting
