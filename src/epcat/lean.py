@@ -35,6 +35,7 @@ from __future__ import annotations
 import _socket
 import errno
 import os
+import select
 import socket
 import struct
 from typing import Any
@@ -517,7 +518,9 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
             except OSError as e:
                 if e.errno in _ACCEPT_SKIP:
                     continue
-                if e.errno in _ACCEPT_EXHAUSTED and on_exhausted is not None:
+                if e.errno in _ACCEPT_EXHAUSTED and on_exhausted is not None and (
+                    _connection_waiting(listening)
+                ):
                     on_exhausted()
                 return
             sock = make(family, kind, 0, fd)
@@ -535,6 +538,21 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
 
     port.doRead = doRead
     return True
+
+
+def _connection_waiting(listening: Any) -> bool:
+    """
+    Is a connection waiting in C{listening}'s backlog?  Linux's C{accept(2)}
+    takes a descriptor before it looks at the backlog, so it fails with
+    EMFILE at the descriptor limit even when nobody is waiting (as after the
+    last connection of a batch): then there is nobody turned away to warn
+    about, and the next connection's readiness tries again.
+
+    @param listening: the listening socket.
+    """
+    poller = select.poll()  # (poll(2) takes no descriptor of its own)
+    poller.register(listening.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # -- connecting

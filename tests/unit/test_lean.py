@@ -387,25 +387,38 @@ def test_accept_reads_what_is_already_there(reactor: Any) -> None:
         port.socket.close()
 
 
-def test_accept_with_sockets_reports_exhaustion(reactor: Any) -> None:
+@pytest.mark.parametrize("waiting", [True, False], ids=["connection-waiting", "backlog-empty"])
+def test_accept_with_sockets_reports_exhaustion(reactor: Any, waiting: bool) -> None:
+    """
+    EMFILE from accept(2) is reported when a connection is waiting (it stays
+    in the backlog), and not when the backlog is empty (Linux takes the
+    descriptor first: nobody was turned away).
+    """
     port = tcp.Port(0, Factory.forProtocol(Recorder), interface="127.0.0.1", reactor=reactor)
     port.startListening()
     exhausted: list[bool] = []
     real = port.socket
+    client = socket.socket()
 
     class Exhausted:
         family = real.family
         type = real.type
 
+        def fileno(self) -> int:
+            return real.fileno()
+
         def _accept(self) -> Any:
             raise OSError(24, "Too many open files")
 
     try:
+        if waiting:
+            client.connect(real.getsockname())  # (in the backlog once this returns)
         port.socket = Exhausted()
         assert lean.accept_with_sockets(port, on_exhausted=lambda: exhausted.append(True))
         port.doRead()
-        assert exhausted == [True]
+        assert exhausted == ([True] if waiting else [])
     finally:
+        client.close()
         real.close()
 
 
