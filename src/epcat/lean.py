@@ -175,7 +175,7 @@ class SocketTransport:
     def doRead(self) -> Any:
         end = self._end
         if end is not None:
-            end.engine._readable(end)
+            end.doRead()
             return None
         try:
             data = self.socket.recv(READ_SIZE)
@@ -191,7 +191,7 @@ class SocketTransport:
     def doWrite(self) -> Any:
         end = self._end
         if end is not None:
-            end.engine._writable(end)
+            end.doWrite()
             return None
         while self._buffer:
             chunk = self._buffer[0]

@@ -38,6 +38,8 @@ _OUT = getattr(select, "EPOLLOUT", 4)
 #: readable and hung up: the last event of most connections (the peer's
 #: FIN after ours); _doReadOrWrite only reads then, as for plain EPOLLIN
 _IN_HUP = _IN | getattr(select, "EPOLLHUP", 16)
+#: the events doPoll hands straight to doRead/doWrite
+_PLAIN = frozenset((_IN, _OUT, _IN_HUP))
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -65,7 +67,7 @@ class EPollReactor(epollreactor.EPollReactor):
             if selectable is None:
                 continue
             try:
-                if event in (_IN, _OUT, _IN_HUP):
+                if event in _PLAIN:
                     # The common events, readable or writable and nothing
                     # else (no error; a hang-up only with data or EOF to
                     # read), handled as _doReadOrWrite handles them,
@@ -107,6 +109,24 @@ class EPollReactor(epollreactor.EPollReactor):
             del self._selectables[fd]
             self._reads.discard(fd)
             self._writes.discard(fd)
+
+    def swap(self, old: Any, new: Any) -> bool:
+        """
+        Give the readiness of C{old}'s descriptor to C{new} from now on,
+        keeping its interest (read, write) as it is, without a system call:
+        epoll watches the descriptor, not the object.  Later C{addReader},
+        C{removeWriter} etc. are to be made with C{new}.
+
+        @param old: a reader and/or writer added with C{addReader} or
+            C{addWriter}.
+        @param new: an C{IReadWriteDescriptor} for the same descriptor.
+        @return: whether C{old} was registered (else nothing changed).
+        """
+        fd = old.fileno()
+        if self._selectables.get(fd) is not old:
+            return False
+        self._selectables[fd] = new
+        return True
 
     def mainLoop(self) -> None:
         """

@@ -84,7 +84,8 @@ class _End:
     """
 
     __slots__ = (
-        "engine", "side", "transport", "fd", "reading", "writing", "selectable", "reads", "writes",
+        "engine", "side", "transport", "fd", "reading", "writing", "selectable", "lean",
+        "reads", "writes",
     )
 
     def __init__(self, engine: SpliceEngine, side: Any) -> None:
@@ -96,11 +97,20 @@ class _End:
         transport = self.transport = side.transport
         self.fd = transport.fileno()
         hand_over = getattr(transport, "hand_over", None)
+        #: the socket is an epcat.lean.SocketTransport's
+        self.lean = hand_over is not None
         if hand_over is not None:
-            # An epcat.lean.SocketTransport stays registered with the reactor
-            # and passes its readiness on (no removing and adding again).
-            self.selectable = transport
+            # A lean transport stays registered with the reactor, interest
+            # and all (no removing and adding again).  epcat's reactor is
+            # told to give its readiness to this end from now on
+            # (L{epcat.reactor.EPollReactor.swap}); elsewhere the transport
+            # passes it on.
             self.reading, self.writing = hand_over(self)
+            swap = getattr(engine.reactor, "swap", None)
+            if swap is not None and (swap(transport, self) or not (self.reading or self.writing)):
+                self.selectable = self
+            else:
+                self.selectable = transport
         else:
             transport.stopReading()
             transport.stopWriting()
@@ -120,8 +130,68 @@ class _End:
     # longer knows this end)
 
     def doRead(self) -> None:
-        if self.engine is not None:
-            self.engine._readable(self)
+        """
+        The socket is readable: move what it has on to the other one.
+
+        The common case, a direction at rest (a request, a response), is
+        handled here in one go: one read into a pooled pipe, one write out
+        of it, and the pipe back to the pool, with the interest left as it
+        is (reading the source, not waiting on the sink).  Anything else
+        (held bytes, EOF, a sink that takes less, a read that fills the
+        pipe) goes on in L{SpliceEngine._pump}.  (This runs for every
+        request and response of a kept-alive pair, so it is written flat:
+        no calls beyond the two splices when the pool has a pipe.)
+        """
+        engine = self.engine
+        d = self.reads
+        if engine is None or d is None:
+            return  # (the engine has stopped)
+        if d.pipe is not None or d.pending or d.eof or d.done or engine.stopped:
+            engine._pump(d, True)
+            return
+        if _pool:
+            pipe = _pool.pop()
+        else:
+            try:
+                pipe = _make_pipe()
+            except OSError:
+                engine._pump(d, True)  # (out of descriptors: its fallback)
+                return
+        try:
+            moved = _splice(self.fd, pipe[1], pipe[2], flags=_FLAGS)
+        except BlockingIOError:
+            _pool.append(pipe)  # (its place in the pool is still free)
+            return
+        except OSError as e:
+            _release_pipe(pipe)
+            engine._failed(self, Failure(e))
+            return
+        if not moved:
+            # EOF, with nothing held (the direction was at rest)
+            d.eof = True
+            _release_pipe(pipe)
+            engine._direction_ended(d)
+            return
+        self.side.bytes_received += moved
+        engine.pair.last_activity = engine.reactor.seconds()
+        try:
+            written = _splice(pipe[0], d.sink.fd, moved, flags=_FLAGS)
+        except BlockingIOError:
+            written = 0
+        except OSError as e:
+            d.pipe, d.in_pipe = pipe, moved
+            engine._failed(d.sink, Failure(e))
+            return
+        if written == moved and moved < pipe[2]:
+            # drained: at rest again
+            if len(_pool) < POOL_SIZE:
+                _pool.append(pipe)
+            else:
+                _close_pipe(pipe)
+            return
+        d.in_pipe = moved - written
+        d.pipe = pipe
+        engine._pump(d)
 
     def doWrite(self) -> None:
         if self.engine is not None:
@@ -173,7 +243,7 @@ class _End:
             self.want_read(False)
         if self.writing:
             self.want_write(False)
-        if self.selectable is not self:
+        if self.lean:
             self.transport.take_back()
 
 
@@ -264,62 +334,6 @@ class SpliceEngine:
         self.pair.splice = None
 
     # readiness
-
-    def _readable(self, end: _End) -> None:
-        d = end.reads
-        if d is None:
-            return
-        if d.pipe is None and not (d.pending or d.eof or d.done or self.stopped):
-            self._move_once(d)
-        else:
-            self._pump(d, True)
-
-    def _move_once(self, d: _Direction) -> None:
-        """
-        The common case of L{_pump}, for a direction at rest whose source
-        became readable (a request, a response): one read into a pipe, one
-        write out of it, and the pipe back to the pool, with the interest
-        left as it is (reading the source, not waiting on the sink).
-        Anything else (EOF, a sink that takes less, a read that fills the
-        pipe) goes on in L{_pump}.
-        """
-        try:
-            pipe = _acquire_pipe()
-        except OSError:
-            self._pump(d, True)  # (out of descriptors: its fallback)
-            return
-        try:
-            moved = _splice(d.source.fd, pipe[1], pipe[2], flags=_FLAGS)
-        except BlockingIOError:
-            _release_pipe(pipe)
-            return
-        except OSError as e:
-            _release_pipe(pipe)
-            self._failed(d.source, Failure(e))
-            return
-        if moved:
-            d.source.side.bytes_received += moved
-            self.pair.last_activity = self.reactor.seconds()
-            try:
-                written = _splice(pipe[0], d.sink.fd, moved, flags=_FLAGS)
-            except BlockingIOError:
-                written = 0
-            except OSError as e:
-                d.pipe, d.in_pipe = pipe, moved
-                self._failed(d.sink, Failure(e))
-                return
-            if written == moved and moved < pipe[2]:
-                _release_pipe(pipe)  # drained: at rest again
-                return
-            d.in_pipe = moved - written
-        else:
-            # EOF, with nothing held (the direction was at rest)
-            d.eof = True
-            _release_pipe(pipe)
-            self._direction_ended(d)
-            return
-        d.pipe = pipe
-        self._pump(d)
 
     def _writable(self, end: _End) -> None:
         direction = end.writes
@@ -435,9 +449,7 @@ class SpliceEngine:
         if pair.tap is not None:
             pair.tap.ended(pair, source)
         first, second = self.directions
-        if first.done and second.done and d.source.selectable is d.source.transport and (
-            d.sink.selectable is d.sink.transport
-        ):
+        if first.done and second.done and d.source.lean and d.sink.lean:
             # The last direction, between lean sockets (closed just below,
             # by _finish): closing the sink sends the FIN that a shutdown
             # would, as its own input has ended too (nothing unread to make

@@ -281,19 +281,17 @@ def test_addresses_of_a_unix_pair(pair: Any) -> None:
 def test_hand_over_passes_readiness_to_the_engine(reactor: Any, pair: Any) -> None:
     transport, theirs, protocol = pair
 
-    class Engine:
+    class End:
+        lost: Failure | None = None
+
         def __init__(self) -> None:
             self.calls: list[str] = []
 
-        def _readable(self, end: Any) -> None:
+        def doRead(self) -> None:
             self.calls.append("readable")
 
-        def _writable(self, end: Any) -> None:
+        def doWrite(self) -> None:
             self.calls.append("writable")
-
-    class End:
-        engine = Engine()
-        lost: Failure | None = None
 
         def connectionLost(self, reason: Failure) -> None:
             self.lost = reason
@@ -303,7 +301,7 @@ def test_hand_over_passes_readiness_to_the_engine(reactor: Any, pair: Any) -> No
     theirs.sendall(b"for the engine")
     transport.doRead()
     transport.doWrite()
-    assert end.engine.calls == ["readable", "writable"]
+    assert end.calls == ["readable", "writable"]
     assert protocol.data == b""  # the engine reads, not the transport
     transport.connectionLost(Failure(ConnectionLost()))  # the reactor gave up
     assert end.lost is not None and not transport.disconnected

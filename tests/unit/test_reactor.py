@@ -129,6 +129,35 @@ def test_forget_then_close_leaves_the_epoll_set(reactor: Any) -> None:
         reactor.removeReader(new)
 
 
+def test_swap_gives_readiness_to_the_new_descriptor(reactor: Any) -> None:
+    """
+    After C{swap}, the descriptor's readiness goes to the new object, with
+    the interest it had; removing the new one takes the descriptor out.
+    """
+    a, b = socket.socketpair()
+    with a, b:
+        old, new = Reader(a), Reader(a)
+        reactor.addReader(old)
+        assert reactor.swap(old, new)
+        b.sendall(b"ping")
+        reactor.doIteration(5)
+        assert new.reads == [b"ping"] and old.reads == []
+        assert new in reactor.getReaders() and old not in reactor.getReaders()
+        reactor.removeReader(new)
+        assert new not in reactor.getReaders()
+
+
+def test_swap_needs_the_registered_descriptor(reactor: Any) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        registered, stranger, new = Reader(a), Reader(a), Reader(a)
+        assert not reactor.swap(registered, new)  # (nothing registered)
+        reactor.addReader(registered)
+        assert not reactor.swap(stranger, new)
+        assert registered in reactor.getReaders() and new not in reactor.getReaders()
+        reactor.removeReader(registered)
+
+
 def test_forget_leaves_another_descriptor_alone(reactor: Any) -> None:
     a, b = socket.socketpair()
     with a, b:

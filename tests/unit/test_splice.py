@@ -72,14 +72,27 @@ def _recv_to_eof(sock: socket.socket) -> bytes:
     return got
 
 
-@pytest.fixture
-def spliced() -> Any:
+class SwappingReactor(ForgettingReactor):
+    """
+    An in-memory reactor with L{epcat.reactor.EPollReactor.swap} as well.
+    """
+
+    def swap(self, old: Any, new: Any) -> bool:
+        found = False
+        for registered in (self.readers, self.writers):
+            if old in registered:
+                registered.discard(old)
+                registered.add(new)
+                found = True
+        return found
+
+
+def _splice_pair(reactor: Any) -> Any:
     """
     A pair relayed by the engine between two lean socket pairs: the pair,
-    the client's end, the server's end, the reactor.  The client has sent
-    b"request", which the server has read.
+    the client's end, the server's end.  The client has sent b"request",
+    which the server has read.
     """
-    reactor = ForgettingReactor()
     pair = Pair(reactor, 1)
     pair.fast_path = True
     ours_in, client = socket.socketpair()
@@ -94,12 +107,60 @@ def spliced() -> Any:
     assert pair.splice is not None
     server.settimeout(WAIT)
     assert server.recv(100) == b"request"
-    yield pair, client, server, reactor
+    return pair, client, server
+
+
+def _close_all(pair: Any, client: socket.socket, server: socket.socket) -> None:
     for sock in (client, server):
         sock.close()
     for side in (pair.inbound, pair.outbound):
         if not side.transport.disconnected:
             side.transport.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest.fixture
+def spliced() -> Any:
+    """
+    L{_splice_pair} with an in-memory reactor: the pair, the client's end,
+    the server's end, the reactor.
+    """
+    reactor = ForgettingReactor()
+    pair, client, server = _splice_pair(reactor)
+    yield pair, client, server, reactor
+    _close_all(pair, client, server)
+
+
+def test_epcats_reactor_gives_readiness_to_the_ends() -> None:
+    """
+    With epcat's reactor (C{swap}), the engine's ends take the lean
+    sockets' registrations over, so the reactor calls them directly; the
+    pair relays and ends as through the transports, and the transports
+    get their sockets back.
+    """
+    reactor = SwappingReactor()
+    pair, client, server = _splice_pair(reactor)
+    try:
+        inbound, outbound = pair.inbound.transport, pair.outbound.transport
+        end_in, end_out = pair.splice._ends
+        assert set(reactor.getReaders()) == {end_in, end_out}  # (not the transports)
+        server.sendall(b"response")
+        server.shutdown(socket.SHUT_WR)
+        for _ in range(2):  # (the response, then EOF)
+            _readable(outbound.socket)
+            end_out.doRead()
+        assert _recv_to_eof(client) == b"response"
+        client.shutdown(socket.SHUT_WR)
+        _readable(inbound.socket)
+        end_in.doRead()
+        assert reactor.forgotten == [end_in]
+        assert not reactor.getReaders() and not reactor.getWriters()
+        assert inbound.disconnected and outbound.disconnected
+        assert inbound._end is None and outbound._end is None  # (taken back)
+        assert server.recv(100) == b""
+        assert (pair.inbound.bytes_received, pair.outbound.bytes_received) == (7, 8)
+        assert pair._finished
+    finally:
+        _close_all(pair, client, server)
 
 
 def test_last_direction_closes_without_a_shutdown(spliced: Any) -> None:
@@ -195,3 +256,4 @@ def test_no_pipe_falls_back_to_the_normal_path(
     assert pair._finished
     assert pair_failure(pair) is None
     assert server.recv(100) == b"" and client.recv(100) == b""
+
