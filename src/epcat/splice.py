@@ -411,16 +411,30 @@ class SpliceEngine:
 
     def _fall_back(self) -> None:
         """
-        No pipe can be made: hand the pair back to the normal path, as long
-        as nothing is held in a pipe or a buffer of the engine's.
+        No pipe can be made: hand the pair back to the normal path.  Bytes
+        the engine holds (in the other direction's pipe, or read before the
+        switch and not yet sent) are read out of the pipe and written to
+        their sink's transport before anything the normal path reads, so
+        nothing is lost; an EOF already read follows them.
         """
-        if any(d.in_pipe or d.pending for d in self.directions):
-            self._failed(self._ends[0], Failure(OSError(errno.EMFILE, "no pipe for splice")))
+        held = []
+        try:
+            for d in self.directions:
+                data = d.pending
+                d.pending = b""
+                if d.in_pipe:
+                    data += _read_out(d.pipe, d.in_pipe)
+                    d.in_pipe = 0
+                held.append(data)
+        except OSError as e:
+            self._failed(self._ends[0], Failure(e))
             return
         eof = [d.eof and not d.done for d in self.directions]
         self.stop()
         self.pair._relay_in_userspace(resume=True)
-        for d, ended in zip(self.directions, eof, strict=True):
+        for d, data, ended in zip(self.directions, held, eof, strict=True):
+            if data:
+                d.sink.side.transport.write(data)
             if ended:
                 d.source.side.readConnectionLost()
 
@@ -545,6 +559,22 @@ def _close_pipe(pipe: tuple[int, int, int]) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+def _read_out(pipe: tuple[int, int, int], size: int) -> bytes:
+    """
+    The C{size} bytes a pipe holds, read out of it (leaving it empty).
+
+    @raise OSError: the pipe could not be read.
+    """
+    chunks = []
+    while size > 0:
+        chunk = os.read(pipe[0], size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _make_pipe() -> tuple[int, int, int]:
