@@ -32,6 +32,12 @@ the order rotated from one round to the next), medians over the rounds:
                  time, so a slow spell of the host weighs on each alike):
                  -c 1 and -c 32 (new connections per second), then -k -c 1
                  (one kept-alive connection: mean time per request)
+                 The relay's CPU time (user + system, summed over the process,
+                 its threads and descendants, from /proc/PID/stat) over the
+                 -c 32 run and the -k run, per request completed; and over the
+                 forward iperf3 run, per gigabyte received: what each relay
+                 spends on the work, which moves less with the host's load
+                 than rates and latencies do.
     memory       N idle relayed connections; the relay's Pss (summed over the
                  process and its descendants, from /proc/PID/smaps_rollup)
                  above its idle baseline, per connection
@@ -144,6 +150,10 @@ def figures(settings: Settings) -> list[Figure]:
         Figure("cps_c32", "new connections/s, ab HTTP/1.0 -c 32", "req/s", True),
         Figure("lat_us", "kept-alive request, ab -k -c 1", "µs", False),
         Figure("lat_added", "… added vs direct", "µs", False, chart=False),
+        Figure("cpu_conn", "relay CPU per new connection, ab -c 32", "µs", False, chart=False),
+        Figure("cpu_req", "relay CPU per kept-alive request, ab -k -c 1", "µs", False,
+               chart=False),
+        Figure("cpu_gb", "relay CPU per GB, iperf3 forward", "ms", False, chart=False),
         Figure("pss_per_conn", f"Pss per idle relayed connection ({n:,} open)", "KiB", False),
         Figure("pss_base", "relay Pss before those connections", "MiB", False, chart=False),
         Figure("version_ms", "start-up: --version / -V / -v", "ms", False),
@@ -198,6 +208,33 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
+
+
+#: clock ticks per second, the unit of /proc/PID/stat's times
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """
+    CPU time (user + system, seconds) that C{pid} has used: its own and its
+    threads', its live descendants', and that of the children each has
+    waited for (proc(5), /proc/PID/stat fields 14-17: utime, stime, cutime,
+    cstime).  A child that exits between two readings moves from the live
+    sum to its parent's cutime/cstime, so differences stay right for relays
+    that fork per connection (socat) or run workers.  L{None} where there is
+    no /proc.
+    """
+    total = 0
+    found = False
+    for each in (pid, *descendants(pid)):
+        try:
+            with open(f"/proc/{each}/stat") as f:
+                fields = f.read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue  # (gone meanwhile: its time is in its parent's cutime)
+        found = True
+        total += sum(int(x) for x in fields[11:15])
+    return total / _TICKS if found else None
 
 
 def _alive(pid: int) -> bool:
@@ -624,12 +661,22 @@ backend backend
         if iperf3 is None:
             return {}
         out: dict[str, float] = {}
-        with self.relay(candidate, self.iperf_port) as (_, port):
+        with self.relay(candidate, self.iperf_port) as (popen, port):
             for key, extra in (("tcp_fwd", []), ("tcp_rev", ["-R"])):
-                out[key] = self._iperf(iperf3, port, extra) / 1e9
+                before = cpu_seconds(popen.pid) if popen is not None else None
+                bps, received = self._iperf(iperf3, port, extra)
+                out[key] = bps / 1e9
+                if key == "tcp_fwd" and before is not None and received:
+                    after = cpu_seconds(popen.pid)
+                    if after is not None:
+                        out["cpu_gb"] = (after - before) * 1000 / (received / 1e9)
         return out
 
-    def _iperf(self, iperf3: str, port: int, extra: list[str]) -> float:
+    def _iperf(self, iperf3: str, port: int, extra: list[str]) -> tuple[float, int]:
+        """
+        One iperf3 run through C{port}: the receiver's bits per second and
+        bytes received.
+        """
         server = self.procs.spawn(
             [iperf3, "-s", "-1", "-B", "127.0.0.1", "-p", str(self.iperf_port)], "iperf3-server")
         try:
@@ -644,7 +691,8 @@ backend backend
                                  f"{done.stdout[-500:]}{done.stderr[-500:]}") from None
             if data.get("error"):
                 raise BenchError(f"{shlex.join(argv)}: {data['error']}")
-            return float(data["end"]["sum_received"]["bits_per_second"])
+            received = data["end"]["sum_received"]
+            return float(received["bits_per_second"]), int(received.get("bytes", 0))
         finally:
             try:
                 server.wait(5)
@@ -718,17 +766,29 @@ backend backend
             return {}
         out: dict[str, float] = {}
         seconds = self.s.ab_seconds
-        with self.relay(candidate, self.nginx_port) as (_, port):
+        with self.relay(candidate, self.nginx_port) as (popen, port):
             self._ab(port, 1, False, n=50)  # warm-up: lazy imports, first-connection costs
+
+            def cpu() -> float | None:
+                return cpu_seconds(popen.pid) if popen is not None else None
+
             for key, conc in (("cps_c1", 1), ("cps_c32", 32)):
+                before = cpu()
                 r = self._ab(port, conc, False, seconds=seconds)
+                after = cpu()
                 out[key] = r["rps"]
+                if conc == 32 and before is not None and after is not None and r["complete"]:
+                    out["cpu_conn"] = (after - before) * 1e6 / r["complete"]
                 if r["failed"]:
                     self.notes.append(f"{LABELS[candidate]}: ab -c {conc}: "
                                       f"{int(r['failed'])} of {int(r['complete'])} requests "
                                       "failed")
+            before = cpu()
             r = self._ab(port, 1, True, seconds=seconds)
+            after = cpu()
             out["lat_us"] = r["us"]
+            if before is not None and after is not None and r["complete"]:
+                out["cpu_req"] = (after - before) * 1e6 / r["complete"]
         return out
 
     def w_memory(self, candidate: str) -> dict[str, float]:
