@@ -62,6 +62,14 @@ def s_server(spawn, tls_files, *extra: str):
     return proc, int(m.group(1))
 
 
+def tls_terminator(epcat_proc: Any, tls_files: Any, connect: str) -> Any:
+    """
+    C{epcat -v listen ssl:... connect CONNECT}: TLS terminated with the
+    test certificate, relayed to C{connect}; the running process.
+    """
+    return epcat_proc("-v", "listen", tls_files.ssl_listen(), "connect", connect)
+
+
 @pytest.mark.timeout(60)
 def test_tls_origination_to_openssl(spawn, epcat_proc, tls_files):
     """
@@ -215,11 +223,7 @@ def test_tls_termination_with_curl(epcat_proc, nginx, tls_files):
     checked with plain curl --cacert (which offers ALPN: this fails with
     "tlsv1 alert internal error" without epcat's ALPN fix).
     """
-    ep = epcat_proc(
-        "-v", "listen",
-        tls_files.ssl_listen(),
-        "connect", f"tcp:127.0.0.1:{nginx.port}",
-    )
+    ep = tls_terminator(epcat_proc, tls_files, f"tcp:127.0.0.1:{nginx.port}")
     port = ep.port()
     result = curl_https(port, tls_files.ca_pem)
     assert result.returncode == 0, result.stderr + ep.err.encode()
@@ -239,11 +243,7 @@ def test_tls_termination_python_client_http11_alpn(epcat_proc, server, tls_files
     its bytes are relayed both ways.
     """
     srv = server(echo_handler)
-    ep = epcat_proc(
-        "-v", "listen",
-        tls_files.ssl_listen(),
-        "connect", f"tcp:{srv.address}",
-    )
+    ep = tls_terminator(epcat_proc, tls_files, f"tcp:{srv.address}")
     port = ep.port()
     context = ssl.create_default_context(cafile=str(tls_files.ca_pem))
     context.set_alpn_protocols(["h2", "http/1.1"])
@@ -314,11 +314,7 @@ def test_tls_v_logs_version_and_cipher(spawn, epcat_proc, server, tls_files):
     assert re.search(r"^epcat: \[1\] .*\bTLSv1\.[23]\b.*(AES|CHACHA)", ep.err, re.M), ep.err
 
     srv = server(echo_handler)
-    ep = epcat_proc(
-        "-v", "listen",
-        tls_files.ssl_listen(),
-        "connect", f"tcp:{srv.address}",
-    )
+    ep = tls_terminator(epcat_proc, tls_files, f"tcp:{srv.address}")
     port = ep.port()
     context = ssl.create_default_context(cafile=str(tls_files.ca_pem))
     with (
@@ -419,11 +415,7 @@ def test_tls_termination_close_notify_is_a_half_close(epcat_proc, server, tls_fi
     after it, comes back over TLS, followed by epcat's close_notify.
     """
     srv = server(digest_after_eof)
-    ep = epcat_proc(
-        "-v", "listen",
-        tls_files.ssl_listen(),
-        "connect", f"tcp:{srv.address}",
-    )
+    ep = tls_terminator(epcat_proc, tls_files, f"tcp:{srv.address}")
     payload = os.urandom(1_000_000)
     answer = half_closing_tls_client(ep.port(), tls_files.ca_pem, payload, fin=fin)
     assert answer == sha_line(payload)
@@ -441,11 +433,7 @@ def test_tls_origination_chained_to_tls_termination(epcat_proc, server, tls_file
     arrives whole and both exit cleanly.
     """
     srv = server(digest_after_eof)
-    relay = epcat_proc(
-        "-v", "listen",
-        tls_files.ssl_listen(),
-        "connect", f"tcp:{srv.address}",
-    )
+    relay = tls_terminator(epcat_proc, tls_files, f"tcp:{srv.address}")
     request = os.urandom(300_000)
     client = epcat_proc(
         "connect", f"tls:localhost:{relay.port()}:trustRoots={tls_files.ca_dir}", stdin=request,
@@ -476,10 +464,8 @@ def test_tls_to_tls_relay_keeps_order_of_data_and_close_notify(epcat_proc, serve
             return got
 
     srv = server(tls_digest_after_close_notify)
-    ep = epcat_proc(
-        "-v", "listen",
-        tls_files.ssl_listen(),
-        "connect", f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}",
+    ep = tls_terminator(
+        epcat_proc, tls_files, f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}"
     )
     port = ep.port()
     for size in (5, 70_000):  # (one small record; several)

@@ -119,49 +119,23 @@ def _close_all(pair: Any, client: socket.socket, server: socket.socket) -> None:
             side.transport.connectionLost(Failure(ConnectionDone()))
 
 
-@pytest.fixture
-def spliced() -> Any:
+@pytest.fixture(params=[ForgettingReactor, SwappingReactor], ids=["reactor", "swapping"])
+def spliced(request: pytest.FixtureRequest) -> Any:
     """
-    L{_splice_pair} with an in-memory reactor: the pair, the client's end,
-    the server's end, the reactor.
+    L{_splice_pair} with an in-memory reactor, one without C{swap} (the lean
+    transports pass readiness on to the engine) and one with it, as epcat's
+    (the engine's ends take the transports' registrations over): the pair,
+    the client's end, the server's end, the reactor.
     """
-    reactor = ForgettingReactor()
+    reactor = request.param()
     pair, client, server = _splice_pair(reactor)
     yield pair, client, server, reactor
     _close_all(pair, client, server)
 
 
-def test_epcats_reactor_gives_readiness_to_the_ends() -> None:
-    """
-    With epcat's reactor (C{swap}), the engine's ends take the lean
-    sockets' registrations over, so the reactor calls them directly; the
-    pair relays and ends as through the transports, and the transports
-    get their sockets back.
-    """
-    reactor = SwappingReactor()
-    pair, client, server = _splice_pair(reactor)
-    try:
-        inbound, outbound = pair.inbound.transport, pair.outbound.transport
-        end_in, end_out = pair.splice._ends
-        assert set(reactor.getReaders()) == {end_in, end_out}  # (not the transports)
-        server.sendall(b"response")
-        server.shutdown(socket.SHUT_WR)
-        for _ in range(2):  # (the response, then EOF)
-            _readable(outbound.socket)
-            end_out.doRead()
-        assert _recv_to_eof(client) == b"response"
-        client.shutdown(socket.SHUT_WR)
-        _readable(inbound.socket)
-        end_in.doRead()
-        assert reactor.forgotten == [end_in]
-        assert not reactor.getReaders() and not reactor.getWriters()
-        assert inbound.disconnected and outbound.disconnected
-        assert inbound._end is None and outbound._end is None  # (taken back)
-        assert server.recv(100) == b""
-        assert (pair.inbound.bytes_received, pair.outbound.bytes_received) == (7, 8)
-        assert pair._finished
-    finally:
-        _close_all(pair, client, server)
+def _registered(reactor: Any, transport: Any) -> Any:
+    """What the reactor calls when C{transport}'s socket is readable."""
+    return next(r for r in reactor.getReaders() if r.fileno() == transport.fileno())
 
 
 def test_last_direction_closes_without_a_shutdown(spliced: Any) -> None:
@@ -169,23 +143,31 @@ def test_last_direction_closes_without_a_shutdown(spliced: Any) -> None:
     The direction that ends last between lean sockets closes both: its
     source leaves the reactor by being closed (forget, no EPOLL_CTL_DEL),
     its sink gets its FIN from close() rather than shutdown(); both peers
-    see a clean end of stream, and the pair ends as on the normal path.
+    see a clean end of stream, the pair ends as on the normal path, and the
+    transports get their sockets back from the engine.  With C{swap}, the
+    reactor calls the engine's ends, not the transports.
     """
     pair, client, server, reactor = spliced
     inbound, outbound = pair.inbound.transport, pair.outbound.transport
+    reader_in, reader_out = _registered(reactor, inbound), _registered(reactor, outbound)
+    if isinstance(reactor, SwappingReactor):
+        assert (reader_in, reader_out) == pair.splice._ends
+    else:
+        assert (reader_in, reader_out) == (inbound, outbound)
     server.sendall(b"response")
     server.shutdown(socket.SHUT_WR)
     for _ in range(2):  # (the response, then EOF)
         _readable(outbound.socket)
-        outbound.doRead()
+        reader_out.doRead()
     assert _recv_to_eof(client) == b"response"  # (half-closed with shutdown)
     assert reactor.forgotten == []
     client.shutdown(socket.SHUT_WR)
     _readable(inbound.socket)
-    inbound.doRead()
-    assert reactor.forgotten == [inbound]
+    reader_in.doRead()
+    assert reactor.forgotten == [reader_in]
     assert not reactor.getReaders() and not reactor.getWriters()
     assert inbound.disconnected and outbound.disconnected
+    assert inbound._end is None and outbound._end is None  # (taken back)
     assert server.recv(100) == b""  # a FIN, not a reset
     assert pair.inbound.lost and pair.outbound.lost
     for side in (pair.inbound, pair.outbound):
