@@ -171,7 +171,8 @@ def cli(
     epcat endpoints [TYPE]                        list the endpoint types available here
     epcat explain DESCRIPTION                     what a description means (nothing is opened)
 
-    Global options go before the first subcommand.
+    Global options go before the first subcommand; the options of listen
+    and connect go after their own description.
     """
     verbosity = -1 if quiet else min(verbose, 2)
     ctx.obj = Settings(verbosity, log_format, **options)
@@ -525,7 +526,62 @@ def _usage_message(error: click.UsageError) -> str:
     where = path.replace("epcat", "", 1).strip()
     prefix = f"{where}: " if where else ""
     hint = f"see 'epcat {where} --help'" if where else "see 'epcat --help'"
+    if isinstance(error, click.NoSuchOption):
+        misplaced = _misplaced(error.option_name, where)
+        if misplaced is not None:
+            message, owner = misplaced
+            hint = f"see 'epcat {owner} --help'" if owner else "see 'epcat --help'"
     return f"{prefix}{message.rstrip('.')} ({hint})"
+
+
+#: where each part's options go, as an example command line
+_PLACES = {
+    "": (
+        "a global option: give it before the first subcommand",
+        "epcat {opt} listen SERVER connect CLIENT",
+    ),
+    "listen": (
+        "an option of listen: give it after listen's SERVER",
+        "epcat listen SERVER {opt} connect CLIENT",
+    ),
+    "connect": (
+        "an option of connect: give it after connect's CLIENT",
+        "epcat connect CLIENT {opt}",
+    ),
+}
+
+
+def _misplaced(name: str, where: str) -> tuple[str, str] | None:
+    """
+    An option that the part of the command line it was given in does not
+    have, but another part does (global options go before the first
+    subcommand, those of C{listen} and C{connect} after their own
+    description): say where it goes.
+
+    @param name: the option as given, e.g. C{--workers} or C{-v}.
+    @param where: the part it was given in: C{""} (global), C{"listen"}, ...
+    @return: (the message, the part it belongs to), or L{None} when no
+        other part has it either.
+    """
+    for owner, (what, example) in _PLACES.items():
+        if owner == where:
+            continue
+        command = cli.commands[owner] if owner else cli
+        for param in command.params:
+            if not isinstance(param, click.Option) or name not in (
+                *param.opts, *param.secondary_opts
+            ):
+                continue
+            if param.is_flag or param.count:
+                opt = name
+            elif param.metavar:
+                opt = f"{name} {param.metavar}"
+            elif isinstance(param.type, click.Choice):
+                opt = f"{name} {'|'.join(map(str, param.type.choices))}"
+            else:
+                opt = f"{name} VALUE"
+            return f"{name} is {what}: {example.format(opt=opt)}", owner
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -181,6 +181,75 @@ def test_other_usage_errors_are_one_line(
     assert plans == []
 
 
+@pytest.mark.parametrize(
+    ("argv", "given_in", "belongs", "example"),
+    [
+        (
+            ["listen", "tcp:0", "connect", "tcp:h:1", "--workers", "2"],
+            "connect",
+            "listen",
+            "epcat listen SERVER --workers N connect CLIENT",
+        ),
+        (
+            ["listen", "tcp:0", "--proxy-header", "v2", "connect", "tcp:h:1"],
+            "listen",
+            "connect",
+            "epcat connect CLIENT --proxy-header v1|v2",
+        ),
+        (
+            ["listen", "tcp:0", "connect", "tcp:h:1", "-vv"],
+            "connect",
+            "",
+            "epcat -v listen SERVER connect CLIENT",
+        ),
+        (
+            ["connect", "tcp:h:1", "--idle-timeout=5"],
+            "connect",
+            "",
+            "epcat --idle-timeout SECONDS listen SERVER connect CLIENT",
+        ),
+        (
+            ["--max-connections", "3", "listen", "tcp:0", "connect", "tcp:h:1"],
+            "",
+            "listen",
+            "epcat listen SERVER --max-connections N connect CLIENT",
+        ),
+    ],
+)
+def test_a_misplaced_option_is_told_where_it_goes(
+    plans: list[Any],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    given_in: str,
+    belongs: str,
+    example: str,
+) -> None:
+    """
+    An option given in the wrong part of the command line (global options
+    go before the first subcommand, listen's and connect's after their own
+    description) is a one-line usage error that names the part it belongs
+    to and shows where to write it, with that part's --help.
+    """
+    status, out, err = run_main(argv, capsys)
+    assert status == 2
+    assert out == ""
+    assert_one_line_usage_error(err)
+    assert err.startswith(f"epcat: error: {given_in}: " if given_in else "epcat: error: -")
+    assert ("a global option" if not belongs else f"an option of {belongs}") in err
+    assert example in err
+    assert (f"(see 'epcat {belongs} --help')" if belongs else "(see 'epcat --help')") in err
+    assert plans == []
+
+
+def test_an_option_no_part_has_is_still_unknown(
+    plans: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = run_main(["listen", "tcp:0", "connect", "tcp:h:1", "--no-such"], capsys)
+    assert status == 2
+    assert_one_line_usage_error(err)
+    assert "no such option '--no-such'" in err
+
+
 def test_missing_argument_names_the_subcommand(
     plans: list[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
