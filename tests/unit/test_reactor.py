@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -275,3 +275,79 @@ def test_an_error_in_a_round_is_logged_and_the_loop_goes_on(
     reactor.run(installSignalHandlers=False)
     assert len(rounds) > 1
     assert [f.value.args for f in logged_failures if f.check(RuntimeError)] == [("round bug",)]
+
+
+def test_rounds_without_timed_calls_dispatch_in_the_main_loop(
+    reactor: Any, logged_failures: list[Failure]
+) -> None:
+    """
+    With no timed call pending, the main loop polls and dispatches by
+    itself (no doIteration): a readable descriptor's doRead runs, a handler
+    that raises is logged and disconnected, and other events (writable)
+    reach their handler too.
+    """
+    slow_rounds: list[Any] = []
+    real = reactor.doIteration
+
+    def counted(timeout: Any) -> None:
+        slow_rounds.append(timeout)
+        real(timeout)
+
+    reactor.doIteration = counted
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    seen: dict[str, int] = {}
+    reader, failing = Reader(a), Reader(c, fail=True)
+
+    @implementer(IWriteDescriptor)
+    class Writer:
+        def fileno(self) -> int:
+            return b.fileno()
+
+        def logPrefix(self) -> str:
+            return "writer"
+
+        def doWrite(self) -> None:
+            reactor.removeWriter(self)
+            seen["written"] = len(slow_rounds)
+            b.sendall(b"ping")
+            d.sendall(b"boom")
+
+        def connectionLost(self, reason: Failure) -> None:
+            pass
+
+    def read() -> None:
+        Reader.doRead(reader)
+        seen["read"] = len(slow_rounds)
+        if failing.lost:
+            reactor.stop()
+
+    def lost(reason: Failure) -> None:
+        failing.lost.append(reason)
+        if reader.reads:
+            reactor.stop()
+
+    reader.doRead = read  # type: ignore[method-assign]
+    failing.connectionLost = lost  # type: ignore[method-assign]
+    # (a bound that adds no timed call: a call from a thread, should the rest fail)
+    bound = threading.Timer(WAIT, reactor.callFromThread, (reactor.stop,))
+    with a, b, c, d:
+        reactor.addReader(reader)
+        reactor.addReader(failing)
+
+        def begin() -> None:
+            # (once running, with no timed call left)
+            reactor.addWriter(Writer())
+
+        reactor.callWhenRunning(begin)
+        bound.start()
+        try:
+            reactor.run(installSignalHandlers=False)
+        finally:
+            bound.cancel()
+        reactor.removeReader(reader)
+    assert reader.reads == [b"ping"]
+    assert seen["read"] == seen["written"]  # (no doIteration round in between)
+    assert failing.lost and failing.lost[0].check(RuntimeError)
+    assert failing not in reactor.getReaders()
+    assert [f.value.args for f in logged_failures if f.check(RuntimeError)] == [("handler bug",)]
