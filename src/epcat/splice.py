@@ -324,10 +324,12 @@ class SpliceEngine:
         self.stopped = True
         for end in self._ends:
             end.release()
-            # (the engine, its ends and its directions refer to each other:
-            # cut the ends' links, so that all of it is freed with the last
+            # (the engine, its ends and its directions refer to each other,
+            # and an end that took its socket's registration refers to
+            # itself as the selectable: cut the ends' links, so that all of
+            # it, the sides and transports too, is freed with the last
             # outside reference rather than by the garbage collector)
-            end.engine = end.reads = end.writes = None
+            end.engine = end.reads = end.writes = end.selectable = None
         for direction in self.directions:
             if direction.pipe is not None:
                 direction.close_pipe()
