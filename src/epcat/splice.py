@@ -172,16 +172,19 @@ class _End:
             _release_pipe(pipe)
             engine._direction_ended(d)
             return
-        self.side.bytes_received += moved
-        engine.pair.last_activity = engine.reactor.seconds()
+        # (passed on before it is counted: the bookkeeping is not in the
+        # bytes' way)
         try:
             written = _splice(pipe[0], d.sink.fd, moved, flags=_FLAGS)
         except BlockingIOError:
             written = 0
         except OSError as e:
+            self.side.bytes_received += moved
             d.pipe, d.in_pipe = pipe, moved
             engine._failed(d.sink, Failure(e))
             return
+        self.side.bytes_received += moved
+        engine.pair.last_activity = engine.reactor.seconds()
         if written == moved and moved < pipe[2]:
             # drained: at rest again
             if len(_pool) < POOL_SIZE:
