@@ -550,6 +550,9 @@ _PLACES = {
     ),
 }
 
+#: connect's example when the option was given in listen's place (a relay)
+_RELAY_CONNECT = "epcat listen SERVER connect CLIENT {opt}"
+
 
 def _misplaced(name: str, where: str) -> tuple[str, str] | None:
     """
@@ -580,6 +583,8 @@ def _misplaced(name: str, where: str) -> tuple[str, str] | None:
                 opt = f"{name} {'|'.join(map(str, param.type.choices))}"
             else:
                 opt = f"{name} VALUE"
+            if owner == "connect" and where == "listen":
+                example = _RELAY_CONNECT
             return f"{name} is {what}: {example.format(opt=opt)}", owner
     return None
 

@@ -194,13 +194,19 @@ def test_other_usage_errors_are_one_line(
             ["listen", "tcp:0", "--proxy-header", "v2", "connect", "tcp:h:1"],
             "listen",
             "connect",
-            "epcat connect CLIENT --proxy-header v1|v2",
+            "epcat listen SERVER connect CLIENT --proxy-header v1|v2",
         ),
         (
             ["listen", "tcp:0", "connect", "tcp:h:1", "-vv"],
             "connect",
             "",
             "epcat -v listen SERVER connect CLIENT",
+        ),
+        (
+            ["--retry", "3", "connect", "tcp:h:1"],
+            "",
+            "connect",
+            "epcat connect CLIENT --retry N",
         ),
         (
             ["connect", "tcp:h:1", "--idle-timeout=5"],

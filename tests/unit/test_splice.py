@@ -7,6 +7,7 @@ reactor would.  (End to end, with real relays: tests/e2e/test_splice_e2e.py.)
 from __future__ import annotations
 
 import errno
+import gc
 import select
 import socket
 from typing import Any
@@ -149,8 +150,6 @@ def test_a_finished_pair_is_freed_without_the_garbage_collector(make_reactor: An
     end that took its socket's registration over refers to itself as the
     selectable until the engine stops.
     """
-    import gc
-
     reactor = make_reactor()
     pair, client, server = _splice_pair(reactor)
     with client, server:
