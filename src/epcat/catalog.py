@@ -10,7 +10,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from epcat.endpoints import half_close_mode
+from epcat.endpoints import HALF_CLOSE_WORDS, half_close_mode
 
 
 @dataclass
@@ -250,9 +250,4 @@ def show_endpoints(type_name: str | None, out: IO[str]) -> None:
 def _half_close_words(prefix: str) -> str:
     if prefix == "haproxy":
         return "as the endpoint it wraps (epcat's PROXY header reader passes half-close through)"
-    mode = half_close_mode(prefix + ":")
-    return {
-        "shutdown": "yes (shutdown of the write side)",
-        "tls": "sends close_notify and keeps reading; a peer's close_notify arrives as EOF",
-        "none": "no: closed after flushing when the other side ends",
-    }[mode]
+    return HALF_CLOSE_WORDS[half_close_mode(prefix + ":")]

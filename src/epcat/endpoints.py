@@ -30,6 +30,13 @@ HALF_CLOSE_SHUTDOWN = "shutdown"
 HALF_CLOSE_TLS = "tls"
 HALF_CLOSE_NONE = "none"
 
+#: each mode in words, for C{epcat endpoints TYPE} and C{epcat explain}
+HALF_CLOSE_WORDS = {
+    HALF_CLOSE_SHUTDOWN: "yes (shutdown of the write side)",
+    HALF_CLOSE_TLS: "sends close_notify and keeps reading; a peer's close_notify arrives as EOF",
+    HALF_CLOSE_NONE: "no: closed after flushing when the other side ends",
+}
+
 _HALF_CLOSE_BY_TYPE = {
     "tcp": HALF_CLOSE_SHUTDOWN,
     "tcp6": HALF_CLOSE_SHUTDOWN,

@@ -22,14 +22,13 @@ from __future__ import annotations
 import inspect
 from typing import IO, Any
 
-from epcat.endpoints import endpoint_type, half_close_mode, inner_description
+from epcat.endpoints import (
+    HALF_CLOSE_WORDS,
+    endpoint_type,
+    half_close_mode,
+    inner_description,
+)
 from epcat.status import UsageError
-
-_HALF_CLOSE_WORDS = {
-    "shutdown": "yes (shutdown of the write side)",
-    "tls": "sends TLS close_notify and keeps reading; a peer's close_notify is its EOF",
-    "none": "no: closed after flushing when the other side ends",
-}
 
 
 def _parser_for(role: str, prefix: str) -> Any:
@@ -227,7 +226,7 @@ def _explain(reactor: Any, description: str, out: IO[str]) -> None:
             )
         elif "endpoint=" in description:
             lines.append("    wraps:      the endpoint= description (TLS over it)")
-        lines.append(f"    half-close: {_HALF_CLOSE_WORDS[half_close_mode(description)]}")
+        lines.append(f"    half-close: {HALF_CLOSE_WORDS[half_close_mode(description)]}")
     if len(lines) == 1:
         raise UsageError("; ".join(errors))
     out.write("\n".join(lines) + "\n")
