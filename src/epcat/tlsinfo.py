@@ -50,6 +50,9 @@ class VerifyRecord:
         self.peer_certificate: Any = None
         #: why the TCP connection under the TLS one ended (a Failure)
         self.tcp_reason: Any = None
+        #: the error pending on the TCP socket when it was reported closed
+        #: cleanly (C{errno}, 0 for none): a reset seen as a FIN
+        self.tcp_error = 0
 
     @property
     def reset(self) -> bool:
@@ -59,6 +62,8 @@ class VerifyRecord:
         """
         from twisted.internet.error import ConnectionDone
 
+        if self.tcp_error:
+            return True
         return self.tcp_reason is not None and not self.tcp_reason.check(ConnectionDone)
 
     def remember_peer(self, transport: Any) -> None:
@@ -116,7 +121,8 @@ def watch(transport: Any) -> VerifyRecord | None:
     # alike (ConnectionLost); the TCP connection underneath still tells them
     # apart (ConnectionLost for a reset, ConnectionDone for a FIN), so note
     # the reason it gives to the protocol above it.
-    protocol = getattr(getattr(transport, "transport", None), "protocol", None)
+    tcp = getattr(transport, "transport", None)
+    protocol = getattr(tcp, "protocol", None)
     original = getattr(protocol, "connectionLost", None)
     if original is not None:
 
@@ -125,6 +131,23 @@ def watch(transport: Any) -> VerifyRecord | None:
             return original(reason)
 
         protocol.connectionLost = connectionLost
+    # Twisted reads a reset that epoll reports before the receive side is
+    # marked shut as a FIN (see epcat.relay.pending_socket_error); the reset
+    # is still pending on the socket when the TCP transport is told, and the
+    # socket is closed before its protocol is.
+    tcp_lost = getattr(tcp, "connectionLost", None)
+    if tcp_lost is not None and getattr(tcp, "socket", None) is not None:
+        from twisted.internet.error import ConnectionDone
+
+        from epcat.relay import pending_socket_error
+
+        def tcpConnectionLost(reason: Any) -> Any:
+            if reason.check(ConnectionDone):
+                record.tcp_error = pending_socket_error(tcp)
+            del tcp.connectionLost  # (no cycle left through this closure)
+            return tcp_lost(reason)
+
+        tcp.connectionLost = tcpConnectionLost
     return record
 
 
