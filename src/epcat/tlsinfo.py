@@ -147,7 +147,10 @@ def watch(transport: Any) -> VerifyRecord | None:
             del tcp.connectionLost  # (no cycle left through this closure)
             return tcp_lost(reason)
 
-        tcp.connectionLost = tcpConnectionLost
+        try:
+            tcp.connectionLost = tcpConnectionLost
+        except AttributeError:
+            pass  # (a transport with slots: nothing more to learn from it)
     return record
 
 

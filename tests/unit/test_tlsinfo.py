@@ -114,3 +114,28 @@ def test_fin_is_not_a_reset(connection) -> None:
     assert record is not None
     tcp.connectionLost(Failure(ConnectionDone()))
     assert not record.reset
+
+
+def test_a_transport_with_slots_is_left_alone(connection) -> None:
+    """
+    A TCP transport that cannot take the hook (no instance dictionary) is
+    left as it is, and the record still works from its protocol's reason.
+    """
+
+    class SlottedTCP:
+        __slots__ = ("socket", "protocol")
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.socket = sock
+            self.protocol = FakeTLSLayer()
+
+        def connectionLost(self, reason: Failure) -> None:
+            self.protocol.connectionLost(reason)
+
+    ours, _ = connection
+    tcp = SlottedTCP(ours)
+    record = tlsinfo.watch(FakeTLSTransport(tcp))  # type: ignore[arg-type]
+    assert record is not None
+    tcp.connectionLost(Failure(ConnectionDone()))
+    assert not record.reset
+    assert record.tcp_reason.check(ConnectionDone)
