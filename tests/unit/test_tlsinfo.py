@@ -52,7 +52,7 @@ class FakeTLSTransport:
     TCP transport.
     """
 
-    def __init__(self, tcp: FakeTCP) -> None:
+    def __init__(self, tcp: Any) -> None:
         self.transport = tcp
 
     def getHandle(self) -> Any:
@@ -82,6 +82,17 @@ def _wait_hangup(sock: socket.socket) -> None:
     assert poller.poll(WAIT * 1000), "the peer's close never arrived"
 
 
+def _told_of_a_clean_close(tcp: Any) -> tlsinfo.VerifyRecord:
+    """
+    Watch a TLS transport over C{tcp}, then tell C{tcp} its connection ended
+    cleanly (C{ConnectionDone}), as Twisted's reactor does.
+    """
+    record = tlsinfo.watch(FakeTLSTransport(tcp))
+    assert record is not None
+    tcp.connectionLost(Failure(ConnectionDone()))
+    return record
+
+
 def test_reset_reported_as_a_clean_close_is_a_reset(connection) -> None:
     """
     When the TCP transport under a TLS connection is told its connection
@@ -94,9 +105,7 @@ def test_reset_reported_as_a_clean_close_is_a_reset(connection) -> None:
     peer.close()
     _wait_hangup(ours)
     tcp = FakeTCP(ours)
-    record = tlsinfo.watch(FakeTLSTransport(tcp))
-    assert record is not None
-    tcp.connectionLost(Failure(ConnectionDone()))
+    record = _told_of_a_clean_close(tcp)
     assert record.reset
     assert tcp.protocol.lost[0].check(ConnectionDone)
     assert "connectionLost" not in vars(tcp)
@@ -110,9 +119,7 @@ def test_fin_is_not_a_reset(connection) -> None:
     peer.close()
     _wait_hangup(ours)
     tcp = FakeTCP(ours)
-    record = tlsinfo.watch(FakeTLSTransport(tcp))
-    assert record is not None
-    tcp.connectionLost(Failure(ConnectionDone()))
+    record = _told_of_a_clean_close(tcp)
     assert not record.reset
 
 
@@ -133,9 +140,6 @@ def test_a_transport_with_slots_is_left_alone(connection) -> None:
             self.protocol.connectionLost(reason)
 
     ours, _ = connection
-    tcp = SlottedTCP(ours)
-    record = tlsinfo.watch(FakeTLSTransport(tcp))  # type: ignore[arg-type]
-    assert record is not None
-    tcp.connectionLost(Failure(ConnectionDone()))
+    record = _told_of_a_clean_close(SlottedTCP(ours))
     assert not record.reset
     assert record.tcp_reason.check(ConnectionDone)
