@@ -79,7 +79,7 @@ class _End:
             self.connection.close()
             return
         try:
-            moved = os.splice(self.fd, pipe[1], pipe[2], flags=_FLAGS)
+            moved = os.splice(self.fd, pipe[1], pipe[2], None, None, _FLAGS)
         except BlockingIOError:
             splice._release_pipe(pipe)
             return
@@ -102,7 +102,7 @@ class _End:
         try:
             while moved:
                 try:
-                    moved -= os.splice(pipe[0], other.fd, moved, flags=_FLAGS)
+                    moved -= os.splice(pipe[0], other.fd, moved, None, None, _FLAGS)
                 except BlockingIOError:
                     if not select.select([], [other.fd], [], 5)[1]:
                         raise
