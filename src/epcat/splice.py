@@ -31,6 +31,7 @@ import errno
 import fcntl
 import os
 import socket
+from collections import deque
 from typing import Any
 
 from twisted.internet.protocol import connectionDone
@@ -532,8 +533,13 @@ class SpliceEngine:
         other.side._close()
 
 
-#: empty pipes kept for the next direction that has bytes to move
-_pool: list[tuple[int, int, int]] = []
+#: empty pipes kept for the next direction that has bytes to move (a deque,
+#: not a list: a kept-alive pair takes the one pipe in the pool and gives it
+#: back at every request and response, and a list going from one item to none
+#: and back reallocates its storage both times, about 800 machine
+#: instructions a request, 4 % of what epcat spends on one, counted with
+#: callgrind; a deque keeps its block)
+_pool: deque[tuple[int, int, int]] = deque()
 
 #: at most this many pipes wait in the pool; the rest are closed
 POOL_SIZE = 16
