@@ -10,6 +10,7 @@ import errno
 import gc
 import select
 import socket
+from collections import deque
 from typing import Any
 
 import pytest
@@ -253,7 +254,7 @@ def test_no_pipe_falls_back_to_the_normal_path(
     def no_pipe() -> Any:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(splice, "_pool", [])
+    monkeypatch.setattr(splice, "_pool", deque())
     monkeypatch.setattr(splice, "_make_pipe", no_pipe)
     pair, client, server, reactor = spliced
     events: list[str] = []
@@ -347,7 +348,7 @@ def test_no_pipe_while_holding_bytes_loses_nothing(
     def no_pipe() -> Any:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(splice, "_pool", [])
+    monkeypatch.setattr(splice, "_pool", deque())
     monkeypatch.setattr(splice, "_make_pipe", no_pipe)
     events: list[str] = []
     pair._on_event = lambda event, pair, side: events.append(event)
