@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 from collections.abc import Callable
 
-from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError
 from twisted.python.failure import Failure
@@ -28,6 +27,10 @@ def policy_for(options: ConnectOptions) -> Callable[[int], float]:
     @return: a callable from the number of failed attempts so far (0 for the
         first retry) to a delay in seconds.
     """
+    # (imported here, when something is to be retried: twisted.application
+    # brings automat and ClientService, some 30 ms of every start-up)
+    from twisted.application.internet import backoffPolicy
+
     return backoffPolicy(
         initialDelay=options.backoff_initial,
         maxDelay=options.backoff_max,

@@ -144,3 +144,26 @@ def test_version_alone_imports_nothing_but_epcat(option: str) -> None:
     via_click = subprocess.run([sys.executable, "-m", "epcat", "--version", "--help"], env=env,
                                capture_output=True, text=True, timeout=60, check=True)
     assert via_click.stdout == done.stdout  # (click's own --version, among other options)
+
+
+def test_a_relay_without_retries_leaves_twisted_application_alone() -> None:
+    """
+    What a relay imports (L{epcat.run}) leaves out C{twisted.application}:
+    its C{ClientService} and C{backoffPolicy} (and the automat they bring,
+    some 30 ms of start-up) are imported only when something is retried or
+    reconnected.
+    """
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import epcat.run, epcat.dial, sys; print(sorted(m for m in sys.modules "
+            "if m.startswith('twisted.application') or m.split('.')[0] == 'automat'))",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
