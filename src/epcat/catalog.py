@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_catalog -*-
+# -*- test-case-name: tests.unit.test_completion -*-
 """
 C{epcat endpoints}: the endpoint types this installation can parse, server
 and client, Twisted's own and every installed plugin's, with their arguments.

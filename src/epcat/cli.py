@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 The command line: a click chain group (C{listen} / C{connect} / C{endpoints})
 that builds a L{Plan}, and the one place where exceptions become messages and

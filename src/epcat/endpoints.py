@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_endpoints -*-
+# -*- test-case-name: tests.unit.test_endpoints -*-
 """
 Endpoint descriptions: parsing with messages a person can act on, the list
 of endpoint types this installation knows, and which types half-close.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.unit.test_relay -*-
 """
 The pipe: two protocols joined pairwise, with producer/consumer flow control
 both ways, half-close, and close ordering that loses no byte.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_report -*-
+# -*- test-case-name: tests.e2e.test_errors_e2e,tests.e2e.test_relay_e2e -*-
 """
 What epcat tells people about connections: the -v events, failures at the
 default verbosity, totals for C{--stats} and the SIGUSR1 table.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_status -*-
+# -*- test-case-name: tests.unit.test_status -*-
 """
 Exit statuses, and the one mapping from failures to them.
 

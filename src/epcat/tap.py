@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_tap -*-
+# -*- test-case-name: tests.e2e.test_tlsdebug_e2e,tests.unit.test_dump -*-
 """
 C{-x/--hexdump}, C{--dump FILE} and C{--pcap FILE}: what the relay shows of
 the bytes it moves.  Only these options ever see payload bytes; the logs

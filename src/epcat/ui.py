@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ui -*-
+# -*- test-case-name: tests.unit.test_ui -*-
 """
 Everything epcat says to people goes through L{UI}, on stderr.
 
