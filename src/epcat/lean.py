@@ -476,7 +476,7 @@ class SocketTransport:
 # -- accepting
 
 
-def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
+def accept_with_sockets(port: Any, on_exhausted: Any = None, handle: Any = None) -> bool:
     """
     Make a Twisted TCP or UNIX listening port give every accepted connection
     a L{SocketTransport} instead of a C{tcp.Server}/C{unix.Server}.
@@ -492,6 +492,10 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
         want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM); the
         connection stays in the kernel's backlog, so the caller should stop
         reading from the port for a while.
+    @param handle: if given, called as C{handle(sock, family, address)}
+        with each accepted socket (still blocking), the peer's address as
+        the socket module gives it, instead of building a protocol and a
+        transport (L{epcat.fused}).
     @return: whether the port is of a kind this can serve (if not, it is
         left as it was).
     """
@@ -524,6 +528,9 @@ def accept_with_sockets(port: Any, on_exhausted: Any = None) -> bool:
                     on_exhausted()
                 return
             sock = make(family, kind, 0, fd)
+            if handle is not None:
+                handle(sock, family, address)
+                continue
             peer = address_of(family, address)
             protocol = factory.buildProtocol(peer)
             if protocol is None:

@@ -279,9 +279,14 @@ class Reporter:
             return  # we stopped it ourselves
         self.totals.failed += 1
         status, reason = classify(failure)
-        self._failure(pair, status, f"cannot connect to {pair.outbound_description}: {reason}")
+        self.failure(pair, status, f"cannot connect to {pair.outbound_description}: {reason}")
 
-    def _failure(self, pair: Pair, status: int, message: str) -> None:
+    def failure(self, pair: Any, status: int, message: str) -> None:
+        """
+        Report a failed connection of a pair (an L{epcat.relay.Pair} or an
+        L{epcat.fused.FusedPair}: only its C{conn_id} is used): an error
+        when failures end the process, else a warning.
+        """
         fields = dict(event="failed", conn=pair.conn_id, status=int(status))
         if self.one_shot:
             self.ui.error(message, **fields)
@@ -339,7 +344,7 @@ class Reporter:
                 # says so at -v only
                 self.ui.info("failed", f"[{pair.conn_id}] {message}", conn=pair.conn_id)
             else:
-                self._failure(pair, status, message)
+                self.failure(pair, status, message)
         if not self._shows_info:
             return
         if pair.outbound_failure is not None and not pair.joined:

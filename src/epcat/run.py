@@ -482,9 +482,15 @@ class Runner:
         if lean and getattr(port, "factory", None) is factory:
             # (not under a TLS or PROXY-header wrapper, which has a factory
             # of its own)
-            from epcat import lean as lean_sockets
+            from epcat import fused
 
-            lean_sockets.accept_with_sockets(port, on_exhausted=self._emfile_burst)
+            if fused.eligible(self, client):
+                # one object per connection from accept to close
+                fused.FusedRelay(self, client, plan.connect[0], plan.listen or "").serve(port)
+            else:
+                from epcat import lean as lean_sockets
+
+                lean_sockets.accept_with_sockets(port, on_exhausted=self._emfile_burst)
         self._bound_accept_batches(port)
         host = port.getHost()
         self.ui.info(

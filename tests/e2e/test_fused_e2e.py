@@ -1,0 +1,298 @@
+"""
+The fused path (epcat.fused) of a plain relay, run as a user runs it (no
+-v: any -v takes the layered path), and the layered path with
+EPCAT_NO_FUSED=1 against the same expectations: integrity, half-close,
+backpressure, failures reported in the same words, the SIGUSR1 table,
+--stats, SIGTERM, a UNIX listener, and userspace copying when no pipe can
+be made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import resource
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from .conftest import WAIT, exchange, free_port, no_traceback, recv_all
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "splice"),
+                                                  reason="splice(2) is Linux only")]
+
+PATHS = pytest.mark.parametrize("path", ["fused", "layered"])
+
+
+def _listening(port: int, proc) -> None:
+    """
+    Wait until something listens on 127.0.0.1:C{port}, without connecting
+    (a probe connection would be relayed, and counted).
+    """
+    wanted = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        assert proc.popen.poll() is None, proc.describe()
+        with open("/proc/net/tcp") as table:
+            for line in table:
+                fields = line.split()
+                if fields[1] == wanted and fields[3] == "0A":  # TCP_LISTEN
+                    return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing listens on {port}:\n{proc.describe()}")
+
+
+def _relay(epcat_proc, path: str, target: str, *options: str, listen: str | None = None):
+    """
+    Start C{epcat [options] listen tcp:PORT connect target}; the process and
+    the port.
+    """
+    env = dict(os.environ)
+    if path == "layered":
+        env["EPCAT_NO_FUSED"] = "1"
+    port = free_port()
+    ep = epcat_proc(*options, "listen", listen or f"tcp:{port}:interface=127.0.0.1",
+                    "connect", target, env=env)
+    if listen is None:
+        _listening(port, ep)
+    return ep, port
+
+
+def _answer_after_eof(download: bytes):
+    def backend(conn: socket.socket) -> str:
+        got = recv_all(conn)
+        conn.sendall(download)
+        return hashlib.sha256(got).hexdigest()
+
+    return backend
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_bulk_with_half_close_and_stats(epcat_proc, server, path):
+    """
+    32 MiB each way, the answer sent only after the upload's EOF; --stats
+    counts every byte, and SIGTERM exits 0.
+    """
+    size = 32 * 1024 * 1024
+    upload, download = os.urandom(size), os.urandom(size)
+    srv = server(_answer_after_eof(download))
+    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats")
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        received = exchange(client, upload)
+    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+    ep.signal(signal.SIGTERM)
+    assert ep.finish() == 0
+    assert ep.err == (
+        f"epcat: totals: 1 accepted, 0 refused, 0 failed, 1 closed, 0 open; "
+        f"{size} bytes inbound->outbound, {size} bytes outbound->inbound"
+    )
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_refused_backend(epcat_proc, path):
+    """
+    The backend refuses: each client, which sent bytes first, sees a clean
+    close (not a reset), and each refusal is one warning line.
+    """
+    unused = free_port()
+    ep, port = _relay(epcat_proc, path, f"tcp:127.0.0.1:{unused}")
+    for n in (1, 2, 3):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+            client.sendall(b"request before the refusal\n")
+            assert recv_all(client) == b""  # EOF; a reset would raise
+        ep.wait_stderr(rf"\[{n}\] cannot connect")
+    ep.signal(signal.SIGTERM)
+    assert ep.finish() == 0
+    assert ep.err == "\n".join(
+        f"epcat: warning: [{n}] cannot connect to tcp:127.0.0.1:{unused}: connection refused"
+        for n in (1, 2, 3)
+    )
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_backend_reset(epcat_proc, server, path):
+    """
+    A backend that resets after reading the request: the client's
+    connection is closed (EOF) and the failure is one warning line.
+    """
+
+    def reset(conn: socket.socket) -> bytes:
+        got = conn.recv(100)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return got
+
+    srv = server(reset)
+    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}")
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        client.sendall(b"request")
+        assert srv.wait_results(1) == [b"request"]
+        assert recv_all(client) == b""
+    ep.wait_stderr(r"\[1\] connection on")
+    ep.signal(signal.SIGTERM)
+    assert ep.finish() == 0
+    assert ep.err == f"epcat: warning: [1] connection on tcp:{srv.address} failed: connection lost"
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_backpressure_keeps_memory_bounded(epcat_proc, server, path):
+    """
+    A backend that stops reading: the client's sends block, epcat's memory
+    does not grow with what the client offers, and everything arrives once
+    the backend reads again.
+    """
+    go = threading.Event()
+    total = 256 * 1024 * 1024
+    chunk = b"x" * (1 << 20)
+
+    def backend(conn: socket.socket) -> int:
+        go.wait(WAIT)
+        return len(recv_all(conn))
+
+    srv = server(backend)
+    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}")
+    client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    srv.wait_accepted(1)
+    before = _rss_kib(ep.pid)
+    sent = 0
+    client.settimeout(0.5)
+    try:
+        while sent < total:
+            sent += client.send(chunk)
+    except TimeoutError:
+        pass  # the relay stopped taking bytes: backpressure
+    assert sent < total, "the relay took everything: no backpressure"
+    grown = _rss_kib(ep.pid) - before
+    assert grown < 16 * 1024, f"epcat grew by {grown} KiB while the backend was stalled"
+    go.set()
+    client.settimeout(WAIT)
+    while sent < total:
+        sent += client.send(chunk)
+    client.shutdown(socket.SHUT_WR)
+    assert srv.wait_results(1) == [total]
+    client.close()
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_table_and_sigterm_with_an_open_pair(epcat_proc, server, path):
+    """
+    SIGUSR1 lists the open pair (peers, bytes each way); SIGTERM lets it
+    drain, closes it once idle, and exits 0, with the client seeing the
+    bytes relayed and then a clean close.
+    """
+    release = threading.Event()
+
+    def backend(conn: socket.socket) -> bytes:
+        got = conn.recv(100)
+        conn.sendall(b"y" * 1000)
+        release.wait(WAIT)
+        return got
+
+    srv = server(backend)
+    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats")
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        client.sendall(b"q" * 30)
+        answer = b""
+        while len(answer) < 1000:
+            answer += client.recv(1000)
+        ep.signal(signal.SIGUSR1)
+        ep.wait_stderr(r"^totals: 1 accepted")
+        local = client.getsockname()[1]
+        assert re.search(
+            rf"^\s+1  127\.0\.0\.1:{local}\s+{re.escape(srv.address)}\s+30\s+1000\s",
+            ep.err, re.M,
+        ), ep.err
+        ep.signal(signal.SIGTERM)
+        assert recv_all(client) == b""
+        assert ep.finish() == 0
+    release.set()
+    assert ep.err.endswith(
+        "epcat: totals: 1 accepted, 0 refused, 0 failed, 1 closed, 0 open; "
+        "30 bytes inbound->outbound, 1000 bytes outbound->inbound"
+    ), ep.err
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_unix_listener(epcat_proc, server, short_dir, path):
+    """
+    A unix: listener relaying to tcp:, 8 MiB each way with half-close.
+    """
+    size = 8 * 1024 * 1024
+    upload, download = os.urandom(size), os.urandom(size)
+    srv = server(_answer_after_eof(download))
+    socket_path = short_dir / "relay.sock"
+    ep, _ = _relay(epcat_proc, path, f"tcp:{srv.address}", listen=f"unix:{socket_path}")
+    deadline = time.monotonic() + WAIT
+    while not socket_path.exists():
+        assert time.monotonic() < deadline, ep.describe()
+        time.sleep(0.02)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(WAIT)
+        client.connect(str(socket_path))
+        received = exchange(client, upload)
+    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+    no_traceback(ep.err)
+
+
+def _room_for(pid: int, descriptors: int) -> int:
+    """
+    The RLIMIT_NOFILE that leaves process C{pid} room for exactly
+    C{descriptors} more open files.
+    """
+    taken = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    limit, free = 0, 0
+    while free < descriptors:
+        if limit not in taken:
+            free += 1
+        limit += 1
+    return limit
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server, path):
+    """
+    Room for a pair's two sockets but not for a pipe (EMFILE): 4 MiB each
+    way with half-close still arrive, and nothing is reported as failed.
+    """
+    size = 4 * 1024 * 1024
+    upload, download = os.urandom(size), os.urandom(size)
+    srv = server(_answer_after_eof(download))
+    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats")
+    # Once the reactor runs (it prints the SIGUSR1 table from its loop), it
+    # has made every descriptor of its own.
+    ep.signal(signal.SIGUSR1)
+    ep.wait_stderr(r"^totals: 0 accepted")
+    _, hard = resource.prlimit(ep.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(ep.pid, resource.RLIMIT_NOFILE, (_room_for(ep.pid, 2), hard))
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        received = exchange(client, upload)
+    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+    ep.signal(signal.SIGTERM)
+    assert ep.finish() == 0
+    assert ep.err.endswith(
+        f"epcat: totals: 1 accepted, 0 refused, 0 failed, 1 closed, 0 open; "
+        f"{size} bytes inbound->outbound, {size} bytes outbound->inbound"
+    ), ep.err

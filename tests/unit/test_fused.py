@@ -1,0 +1,483 @@
+"""
+Tests for L{epcat.fused}: the fused path of a plain TCP relay, on real
+loopback sockets with an in-memory reactor that these tests drive by hand
+(L{_run_until} does what a reactor would: C{select} on the descriptors
+registered with it, then C{doRead}/C{doWrite}).
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import time
+from collections import deque
+from typing import Any
+from collections.abc import Callable
+
+import pytest
+from click.testing import CliRunner
+from twisted.internet import tcp
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
+
+import epcat.cli
+from epcat import fused, run, splice
+from epcat.cli import cli
+from epcat.endpoints import parse_client
+from epcat.ui import UI
+
+WAIT = 10.0
+
+pytestmark = pytest.mark.skipif(not splice.available(), reason="splice(2) is Linux only")
+
+
+def _plan(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    plans: list[Any] = []
+    monkeypatch.setattr(epcat.cli, "go", plans.append)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return plans[0]
+
+
+class Relay:
+    """
+    A fused relay from a listening port on 127.0.0.1 to a backend listening
+    socket, and what it needs to run.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, backend_port: int,
+                 options: tuple[str, ...] = (), listen_options: tuple[str, ...] = (),
+                 connect_options: tuple[str, ...] = ()) -> None:
+        self.reactor = MemoryReactorClock()
+        self.connect = f"tcp:127.0.0.1:{backend_port}"
+        plan = _plan([*options, "listen", "tcp:0:interface=127.0.0.1", *listen_options,
+                      "connect", self.connect, *connect_options], monkeypatch)
+        self.runner = run.Runner(self.reactor, plan, UI(plan.verbosity, plan.log_format))
+        self.client = self.runner._lean(
+            parse_client(self.reactor, self.connect)
+        )
+        self.relay = fused.FusedRelay(self.runner, self.client, self.connect, plan.listen)
+        self.port = tcp.Port(0, Factory(), interface="127.0.0.1", reactor=self.reactor)
+        self.port.startListening()
+        assert self.relay.serve(self.port)
+        self.address = self.port.getHost()
+
+    def dial(self) -> socket.socket:
+        """A client connection to the relay, accepted and connected out."""
+        client = socket.create_connection((self.address.host, self.address.port))
+        client.settimeout(WAIT)
+        before = len(self.runner.pairs) + self.runner.reporter.totals.accepted
+        _run_until(
+            self.reactor,
+            lambda: len(self.runner.pairs) + self.runner.reporter.totals.accepted > before,
+        )
+        return client
+
+    def pair(self) -> fused.FusedPair:
+        (pair,) = self.runner.pairs
+        return pair  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for pair in list(self.runner.pairs):
+            pair.abort()
+        self.port.socket.close()
+
+
+def _dispatch_once(reactor: MemoryReactorClock, wait: float = 0.05) -> None:
+    """
+    One reactor round: C{select} on the descriptors registered with
+    C{reactor}, then C{doRead}/C{doWrite} for each that is ready (and still
+    registered: an earlier handler may have removed it).
+    """
+    readers = {r.fileno(): r for r in reactor.getReaders()}
+    writers = {w.fileno(): w for w in reactor.getWriters()}
+    readable, writable, _ = select.select(list(readers), list(writers), [], wait)
+    for fd in readable:
+        if readers[fd] in reactor.getReaders():
+            readers[fd].doRead()
+    for fd in writable:
+        if writers[fd] in reactor.getWriters():
+            writers[fd].doWrite()
+
+
+def _run_until(reactor: MemoryReactorClock, done: Callable[[], bool],
+               timeout: float = WAIT) -> None:
+    """
+    Dispatch readiness to the reactor's readers and writers until C{done()}.
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "not done in time"
+        _dispatch_once(reactor)
+
+
+@pytest.fixture
+def backend() -> Any:
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(WAIT)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def relay(monkeypatch: pytest.MonkeyPatch, backend: socket.socket) -> Any:
+    relay = Relay(monkeypatch, backend.getsockname()[1])
+    yield relay
+    relay.close()
+
+
+def _serve_one(relay: Relay, backend: socket.socket) -> tuple[socket.socket, socket.socket]:
+    client = relay.dial()
+    server, _ = backend.accept()
+    server.settimeout(WAIT)
+    return client, server
+
+
+def test_request_response_and_close(relay: Relay, backend: socket.socket) -> None:
+    """
+    The request goes to the backend, the response and the backend's EOF
+    come back, and the client's close ends the pair: forgotten by the
+    runner, counted in the totals.
+    """
+    client, server = _serve_one(relay, backend)
+    pair = relay.pair()
+    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    received = bytearray()
+    _run_until(relay.reactor, lambda: received.extend(_nonblocking_recv(server)) or (
+        bytes(received) == b"GET / HTTP/1.0\r\n\r\n"))
+    server.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello")
+    server.close()
+    answer = bytearray()
+    _run_until(relay.reactor, lambda: _gather(client, answer))
+    assert bytes(answer) == b"HTTP/1.0 200 OK\r\n\r\nhello"
+    assert pair.first_closer == "outbound"
+    client.close()
+    _run_until(relay.reactor, lambda: pair.finished)
+    assert not relay.runner.pairs
+    totals = relay.runner.reporter.totals
+    assert (totals.accepted, totals.closed, totals.failed) == (1, 1, 0)
+    assert (totals.bytes_in_to_out, totals.bytes_out_to_in) == (18, 24)
+    assert pair.done.called
+
+
+def _nonblocking_recv(sock: socket.socket) -> bytes:
+    """What C{sock} has to read now (C{b""} if nothing, or at EOF)."""
+    if not select.select([sock], [], [], 0)[0]:
+        return b""
+    return sock.recv(65536)
+
+
+def _gather(sock: socket.socket, into: bytearray) -> bool:
+    """Read what C{sock} has into C{into}; C{True} at its EOF."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    chunk = sock.recv(1 << 20)
+    into.extend(chunk)
+    return not chunk
+
+
+def test_half_close_from_the_client(relay: Relay, backend: socket.socket) -> None:
+    """
+    The client's FIN reaches the backend after its bytes, and the backend
+    can still answer.
+    """
+    client, server = _serve_one(relay, backend)
+    client.sendall(b"question")
+    client.shutdown(socket.SHUT_WR)
+    asked = bytearray()
+    _run_until(relay.reactor, lambda: _gather(server, asked))
+    assert bytes(asked) == b"question"
+    server.sendall(b"answer")
+    server.close()
+    answer = bytearray()
+    _run_until(relay.reactor, lambda: _gather(client, answer))
+    assert bytes(answer) == b"answer"
+    _run_until(relay.reactor, lambda: not relay.runner.pairs)
+
+
+def test_refused_closes_the_client_cleanly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    A backend that refuses: one warning, in the layered path's words, and
+    the client sees a clean EOF even though it sent bytes first (they are
+    read, not left to make the close a reset).
+    """
+    unused = socket.create_server(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()
+    relay = Relay(monkeypatch, port)
+    try:
+        client = socket.create_connection((relay.address.host, relay.address.port))
+        client.settimeout(WAIT)
+        client.sendall(b"hello")
+        _run_until(relay.reactor, lambda: relay.runner.reporter.totals.closed == 1)
+        assert client.recv(10) == b""
+        totals = relay.runner.reporter.totals
+        assert (totals.accepted, totals.failed) == (1, 1)
+        assert capsys.readouterr().err == (
+            f"epcat: warning: [1] cannot connect to tcp:127.0.0.1:{port}: connection refused\n"
+        )
+    finally:
+        relay.close()
+
+
+def test_connect_in_progress_then_done(
+    monkeypatch: pytest.MonkeyPatch, backend: socket.socket
+) -> None:
+    """
+    A connection not made inside connect(2) (as off loopback) waits for
+    the socket to turn writable; the client is read only then.
+    """
+    monkeypatch.setattr(fused.FusedPair, "_connect_again",
+                        lambda self, sock: errno.EALREADY)
+    relay = Relay(monkeypatch, backend.getsockname()[1])
+    try:
+        client = relay.dial()
+        pair = relay.pair()
+        assert not pair.joined
+        assert [w for w in relay.reactor.getWriters() if w is pair.outbound]
+        client.sendall(b"early")
+        server, _ = backend.accept()
+        _run_until(relay.reactor, lambda: pair.joined)
+        assert not relay.client._deadlines  # (no longer timed)
+        got = bytearray()
+        _run_until(relay.reactor, lambda: got.extend(_nonblocking_recv(server)) or got == b"early")
+    finally:
+        relay.close()
+
+
+def test_connect_timeout(monkeypatch: pytest.MonkeyPatch, backend: socket.socket,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    The tcp: endpoint's timeout ends a connection that is not made in time.
+    """
+    monkeypatch.setattr(fused.FusedPair, "_connect_again",
+                        lambda self, sock: errno.EALREADY)
+    monkeypatch.setattr(fused.FusedPair, "_connect_finished", lambda self, lost=False: None)
+    relay = Relay(monkeypatch, backend.getsockname()[1])
+    try:
+        client = relay.dial()
+        relay.reactor.advance(relay.client.timeout)
+        assert not relay.runner.pairs
+        assert client.recv(10) == b""
+        assert "cannot connect to" in capsys.readouterr().err
+        assert relay.runner.reporter.totals.failed == 1
+    finally:
+        relay.close()
+
+
+def test_backend_reset(relay: Relay, backend: socket.socket,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    """
+    A backend that resets: the client is closed cleanly, and the failure
+    is reported as on the layered path.
+    """
+    client, server = _serve_one(relay, backend)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()
+    _run_until(relay.reactor, lambda: not relay.runner.pairs)
+    assert client.recv(10) == b""
+    assert capsys.readouterr().err == (
+        f"epcat: warning: [1] connection on {relay.connect} failed: connection lost\n"
+    )
+    assert relay.runner.reporter.totals.failed == 1
+
+
+def test_backpressure(relay: Relay, backend: socket.socket) -> None:
+    """
+    A client that does not read stops the relay reading from the backend
+    (it waits for the client's socket instead), and everything arrives, in
+    order, once it reads.
+    """
+    client, server = _serve_one(relay, backend)
+    pair = relay.pair()
+    payload = bytes(range(256)) * (32 * 1024)  # 8 MiB
+    server.setblocking(False)
+    sent = 0
+    for _ in range(200):
+        try:
+            sent += server.send(payload[sent:])
+        except BlockingIOError:
+            pass
+        _dispatch_once(relay.reactor)
+        if pair.inbound in relay.reactor.getWriters():
+            break
+    assert pair.inbound in relay.reactor.getWriters()  # waiting on the client
+    assert pair.outbound not in relay.reactor.getReaders()  # not reading the backend
+    received = bytearray()
+    shut = False
+
+    def step() -> bool:
+        nonlocal sent, shut
+        if sent < len(payload):
+            try:
+                sent += server.send(payload[sent:])
+            except BlockingIOError:
+                pass
+        elif not shut:
+            shut = True
+            server.shutdown(socket.SHUT_WR)
+        return _gather(client, received)
+
+    _run_until(relay.reactor, step, timeout=60)
+    assert bytes(received) == payload
+    server.close()
+
+
+def test_no_pipe_copies_through_userspace(
+    monkeypatch: pytest.MonkeyPatch, relay: Relay, backend: socket.socket
+) -> None:
+    """
+    Out of descriptors for a pipe, a direction reads and writes in
+    userspace instead: nothing is lost.
+    """
+    monkeypatch.setattr(splice, "_pool", deque())
+    monkeypatch.setattr(fused, "_pool", splice._pool)
+
+    def no_pipe() -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(splice, "_make_pipe", no_pipe)
+    monkeypatch.setattr(fused, "_make_pipe", no_pipe)
+    client, server = _serve_one(relay, backend)
+    client.sendall(b"x" * 100_000)
+    client.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    _run_until(relay.reactor, lambda: _gather(server, got))
+    assert bytes(got) == b"x" * 100_000
+    server.close()
+    _run_until(relay.reactor, lambda: not relay.runner.pairs)
+    assert relay.runner.reporter.totals.bytes_in_to_out == 100_000
+
+
+def test_close_and_abort_from_the_runner(relay: Relay, backend: socket.socket) -> None:
+    """
+    What SIGTERM's drain does: close cleanly (FIN), or abort (reset).
+    """
+    client, server = _serve_one(relay, backend)
+    pair = relay.pair()
+    pair.close("drain timeout")
+    assert pair.done.called and not relay.runner.pairs
+    assert client.recv(10) == b"" and server.recv(10) == b""
+    client2, server2 = _serve_one(relay, backend)
+    relay.pair().abort()
+    with pytest.raises(ConnectionResetError):
+        client2.recv(10)
+
+
+def test_closed_pair_is_let_go(relay: Relay, backend: socket.socket) -> None:
+    """
+    A finished pair's links are cut at the next accept, as for the layered
+    path's pairs.
+    """
+    client, server = _serve_one(relay, backend)
+    pair = relay.pair()
+    pair.close()
+    assert pair.inbound.pair is pair
+    relay.dial()
+    assert pair.inbound.pair is None and pair.inbound.other is None
+
+
+def test_table_and_addresses(relay: Relay, backend: socket.socket) -> None:
+    """
+    The SIGUSR1 table asks each side for its peer through C{transport}.
+    """
+    client, server = _serve_one(relay, backend)
+    pair = relay.pair()
+    assert pair.inbound.transport.getPeer().port == client.getsockname()[1]
+    assert pair.outbound.transport.getPeer().port == backend.getsockname()[1]
+    assert pair.inbound.getHost().port == relay.address.port
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),
+        ("--stats",),
+    ],
+)
+def test_eligible(monkeypatch: pytest.MonkeyPatch, options: tuple[str, ...]) -> None:
+    relay = Relay(monkeypatch, 9, options)
+    try:
+        assert fused.eligible(relay.runner, relay.client)
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize(
+    "options, listen_options, connect_options",
+    [
+        (("-v",), (), ()),
+        (("--idle-timeout", "5"), (), ()),
+        (("--half-close-timeout", "5"), (), ()),
+        (("--progress",), (), ()),
+        ((), ("--once",), ()),
+        ((), ("--max-connections", "5"), ()),
+        ((), ("--allow", "127.0.0.0/8"), ()),
+        ((), ("--deny", "10.0.0.0/8"), ()),
+        ((), (), ("--retry", "2")),
+        ((), (), ("--connect-timeout", "5")),
+        ((), (), ("--proxy-header", "v1")),
+    ],
+)
+def test_not_eligible(monkeypatch: pytest.MonkeyPatch, options: tuple[str, ...],
+                      listen_options: tuple[str, ...],
+                      connect_options: tuple[str, ...]) -> None:
+    """
+    Options that need epcat's per-connection layers keep the layered path.
+    """
+    relay = Relay(monkeypatch, 9, options, listen_options, connect_options)
+    try:
+        assert not fused.eligible(relay.runner, relay.client)
+    finally:
+        relay.close()
+
+
+def test_not_eligible_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPCAT_NO_FUSED", "1")
+    relay = Relay(monkeypatch, 9)
+    try:
+        assert not fused.eligible(relay.runner, relay.client)
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("no_fused", [False, True])
+def test_runner_listens_on_the_fused_path(
+    monkeypatch: pytest.MonkeyPatch, backend: socket.socket, no_fused: bool
+) -> None:
+    """
+    L{epcat.run.Runner._listen} relays a plain relay's connections on the
+    fused path, and on the layered one with C{EPCAT_NO_FUSED} set.
+    """
+    from twisted.internet import defer
+
+    from epcat.relay import Pair
+
+    if no_fused:
+        monkeypatch.setenv("EPCAT_NO_FUSED", "1")
+    relay = Relay(monkeypatch, backend.getsockname()[1])
+    reactor = relay.reactor
+    ports: list[Any] = []
+
+    class Server:
+        def listen(self, factory: Any) -> Any:
+            port = tcp.Port(0, factory, interface="127.0.0.1", reactor=reactor)
+            port.startListening()
+            ports.append(port)
+            return defer.succeed(port)
+
+    relay.runner._listen(Server(), relay.client, lean=True)
+    address = ports[0].getHost()
+    try:
+        with socket.create_connection((address.host, address.port)):
+            _run_until(reactor, lambda: bool(relay.runner.pairs))
+            (pair,) = relay.runner.pairs
+            assert isinstance(pair, Pair if no_fused else fused.FusedPair)
+            pair.abort()
+    finally:
+        ports[0].socket.close()
+        relay.close()
