@@ -88,6 +88,34 @@ def wait_for_port(port: int, proc: Proc, host: str = "127.0.0.1", timeout: float
             raise AssertionError(f"{host}:{port} did not accept connections: {last}")
 
 
+def wait_listening(port: int, proc: Proc, timeout: float = WAIT) -> None:
+    """
+    Return once something listens on 127.0.0.1:C{port}, seen in
+    C{/proc/net/tcp} rather than by connecting: a probe connection to a
+    relay would be relayed, and counted.  Between looks it waits (20 ms at
+    most) on C{proc}'s exit, which ends the wait early.
+    """
+    wanted = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/net/tcp") as table:
+            for line in table:
+                fields = line.split()
+                if fields[1] == wanted and fields[3] == "0A":  # TCP_LISTEN
+                    return
+        try:
+            proc.popen.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            pass
+        else:
+            raise AssertionError(
+                f"{proc.name} exited with {proc.popen.returncode} before it listened on "
+                f"{port}:\n{proc.describe()}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing listens on {port}:\n{proc.describe()}")
+
+
 class LineReader:
     """
     Read a process's text stream line by line in a background thread; wait

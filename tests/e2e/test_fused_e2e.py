@@ -21,30 +21,12 @@ import time
 
 import pytest
 
-from .conftest import WAIT, exchange, free_port, no_traceback, recv_all
+from .conftest import WAIT, exchange, free_port, no_traceback, recv_all, wait_listening
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "splice"),
                                                   reason="splice(2) is Linux only")]
 
 PATHS = pytest.mark.parametrize("path", ["fused", "layered"])
-
-
-def _listening(port: int, proc) -> None:
-    """
-    Wait until something listens on 127.0.0.1:C{port}, without connecting
-    (a probe connection would be relayed, and counted).
-    """
-    wanted = f"0100007F:{port:04X}"
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        assert proc.popen.poll() is None, proc.describe()
-        with open("/proc/net/tcp") as table:
-            for line in table:
-                fields = line.split()
-                if fields[1] == wanted and fields[3] == "0A":  # TCP_LISTEN
-                    return
-        time.sleep(0.02)
-    raise AssertionError(f"nothing listens on {port}:\n{proc.describe()}")
 
 
 def _relay(epcat_proc, path: str, target: str, *options: str, listen: str | None = None):
@@ -59,7 +41,7 @@ def _relay(epcat_proc, path: str, target: str, *options: str, listen: str | None
     ep = epcat_proc(*options, "listen", listen or f"tcp:{port}:interface=127.0.0.1",
                     "connect", target, env=env)
     if listen is None:
-        _listening(port, ep)
+        wait_listening(port, ep)
     return ep, port
 
 

@@ -39,10 +39,12 @@ try:  # the end-to-end suite's process and peer fixtures, re-exported
         LineReader,
         Proc,
         epcat_proc,
+        free_port,
         server,
         short_dir,
         spawn,
         tls_files,
+        wait_listening,
     )
 except ImportError:  # pragma: no cover - run with the repository root on sys.path
     from tests.e2e.conftest import (  # type: ignore[no-redef]  # noqa: F401
@@ -51,10 +53,12 @@ except ImportError:  # pragma: no cover - run with the repository root on sys.pa
         LineReader,
         Proc,
         epcat_proc,
+        free_port,
         server,
         short_dir,
         spawn,
         tls_files,
+        wait_listening,
     )
 
 #: True with --stress-full or EPCAT_STRESS_FULL=1 (set in pytest_configure).
@@ -261,18 +265,29 @@ def settle(proc: Proc, fd_baseline: int, fd_slack: int = 0,
 def start_relay(epcat_proc: Callable[..., Proc], target: str, *args: str,
                 splice: bool = True, listen: str = "tcp:0:interface=127.0.0.1",
                 global_args: tuple[str, ...] = ("-v",), listen_args: tuple[str, ...] = (),
-                **popen: Any) -> tuple[Proc, int]:
+                fused: bool = False, **popen: Any) -> tuple[Proc, int]:
     """
     Start C{epcat GLOBAL listen LISTEN LISTEN_ARGS connect TARGET ARGS};
     return the process and its TCP port.  C{splice=False} sets
-    EPCAT_NO_SPLICE=1 (the userspace path).
+    EPCAT_NO_SPLICE=1 (the userspace path).  C{fused=True} runs it as a
+    user would, with no global option (C{-v} takes the layered path, not
+    the fused one, L{epcat.fused}): on a free port, waited for without a
+    probe connection, as there is no "listening" line to read it from.
     """
     env = dict(os.environ)
     env.pop("EPCAT_NO_SPLICE", None)
     if not splice:
         env["EPCAT_NO_SPLICE"] = "1"
+    if fused:
+        global_args = ()
+        host = listen.split(":", 2)[2] if listen.startswith("tcp:0:") else ""
+        port = free_port()
+        listen = f"tcp:{port}:{host}" if host else f"tcp:{port}"
     proc = epcat_proc(*global_args, "listen", listen, *listen_args, "connect", target, *args,
                       env=env, **popen)
+    if fused:
+        wait_listening(port, proc)
+        return proc, port
     return proc, proc.port()
 
 
