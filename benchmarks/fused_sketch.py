@@ -15,6 +15,13 @@ connection is one C{_Connection} with an C{_End} per socket; each readable
 end moves what it has to the other through a pooled pipe, passes EOF on as
 C{shutdown(SHUT_WR)}, and the second EOF closes both.
 
+epcat itself has had such a path since 50c6ed9 (L{epcat.fused}, with all
+of epcat's behaviour kept: reports, byte counts, the SIGUSR1 table, SIGTERM's
+drain, backpressure, connects that take time, the userspace fallback):
+76k machine instructions of Python per short connection at C{ab -c 32}
+against this sketch's 58k, both counted with callgrind.  The sketch stays
+as the upper bound of what one object per connection can do.
+
 Left out, so that the figure is an upper bound: reports and byte counts,
 --max-connections, timeouts, access rules, PROXY headers, a connect that
 does not complete at once (such connections are dropped: on loopback

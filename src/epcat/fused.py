@@ -164,7 +164,16 @@ class FusedRelay:
         inbound.connected_at = pair.started_at
         runner.pairs.add(pair)
         self.totals.accepted += 1
-        pair.connect()
+        try:
+            pair.connect()
+        except Exception:
+            # (a bug: logged, and this connection closed, rather than the
+            # exception ending the listening port's accept loop, which the
+            # reactor would then disconnect)
+            from twisted.python import log
+
+            log.err(None, "epcat: unexpected error relaying a connection")
+            pair.abort()
 
 
 class _Side:

@@ -481,3 +481,28 @@ def test_runner_listens_on_the_fused_path(
     finally:
         ports[0].socket.close()
         relay.close()
+
+
+def test_an_unexpected_error_closes_that_connection_only(
+    monkeypatch: pytest.MonkeyPatch, relay: Relay, backend: socket.socket
+) -> None:
+    """
+    A bug while setting a connection up is logged and closes that
+    connection; the listening port goes on accepting.
+    """
+    from twisted.python import log
+
+    logged: list[Any] = []
+    monkeypatch.setattr(log, "err", lambda *args, **kwargs: logged.append(args))
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fused.FusedPair, "_connected", broken)
+    client = relay.dial()
+    assert logged and not relay.runner.pairs
+    with pytest.raises(ConnectionResetError):
+        client.recv(10)
+    monkeypatch.undo()
+    client, server = _serve_one(relay, backend)
+    assert relay.pair().joined
