@@ -29,17 +29,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "splice"),
 PATHS = pytest.mark.parametrize("path", ["fused", "layered"])
 
 
-def _relay(epcat_proc, path: str, target: str, *options: str, listen: str | None = None):
+def _relay(epcat_proc, path: str, target: str, *options: str, listen: str | None = None,
+           listen_options: tuple[str, ...] = ()):
     """
-    Start C{epcat [options] listen tcp:PORT connect target}; the process and
-    the port.
+    Start C{epcat [options] listen tcp:PORT [listen_options] connect
+    target}; the process and the port.
     """
     env = dict(os.environ)
     if path == "layered":
         env["EPCAT_NO_FUSED"] = "1"
     port = free_port()
     ep = epcat_proc(*options, "listen", listen or f"tcp:{port}:interface=127.0.0.1",
-                    "connect", target, env=env)
+                    *listen_options, "connect", target, env=env)
     if listen is None:
         wait_listening(port, ep)
     return ep, port
@@ -278,3 +279,31 @@ def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server, path):
         f"epcat: totals: 1 accepted, 0 refused, 0 failed, 1 closed, 0 open; "
         f"{size} bytes inbound->outbound, {size} bytes outbound->inbound"
     ), ep.err
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_workers(epcat_proc, server, path):
+    """
+    --workers 2: both processes relay on the port, each counts its own
+    (--stats at exit, one line per worker), and SIGTERM ends both.
+    """
+
+    def echo(conn: socket.socket) -> None:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+
+    srv = server(echo)
+    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats",
+                      listen_options=("--workers", "2"))
+    for i in range(40):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+            message = b"worker test %d" % i
+            client.sendall(message)
+            assert client.recv(100) == message
+    ep.signal(signal.SIGTERM)
+    assert ep.finish() == 0
+    accepted = [int(n) for n in re.findall(r"^epcat: totals: (\d+) accepted, 0 refused, 0 failed",
+                                          ep.err, re.M)]
+    assert len(accepted) == 2 and sum(accepted) == 40, ep.err
+    no_traceback(ep.err)
