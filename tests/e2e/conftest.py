@@ -88,21 +88,33 @@ def wait_for_port(port: int, proc: Proc, host: str = "127.0.0.1", timeout: float
             raise AssertionError(f"{host}:{port} did not accept connections: {last}")
 
 
-def wait_listening(port: int, proc: Proc, timeout: float = WAIT) -> None:
+def wait_listening(where: int | str | Path, proc: Proc, timeout: float = WAIT) -> None:
     """
-    Return once something listens on 127.0.0.1:C{port}, seen in
-    C{/proc/net/tcp} rather than by connecting: a probe connection to a
+    Return once something listens on 127.0.0.1:C{where} (a TCP port) or on
+    the UNIX socket at path C{where}, seen in C{/proc/net/tcp} or
+    C{/proc/net/unix} rather than by connecting: a probe connection to a
     relay would be relayed, and counted.  Between looks it waits (20 ms at
     most) on C{proc}'s exit, which ends the wait early.
     """
-    wanted = f"0100007F:{port:04X}"
+    if isinstance(where, int):
+        table_path = "/proc/net/tcp"
+        wanted = f"0100007F:{where:04X}"
+
+        def found(fields: list[str]) -> bool:
+            return fields[1] == wanted and fields[3] == "0A"  # TCP_LISTEN
+    else:
+        table_path = "/proc/net/unix"
+        path = str(where)
+
+        def found(fields: list[str]) -> bool:
+            # (flags __SO_ACCEPTCON: a listening socket; the path is last)
+            return len(fields) >= 8 and fields[-1] == path and int(fields[3], 16) & 0x10000 != 0
     deadline = time.monotonic() + timeout
     while True:
-        with open("/proc/net/tcp") as table:
-            for line in table:
-                fields = line.split()
-                if fields[1] == wanted and fields[3] == "0A":  # TCP_LISTEN
-                    return
+        with open(table_path) as table:
+            next(table)
+            if any(found(line.split()) for line in table):
+                return
         try:
             proc.popen.wait(timeout=0.02)
         except subprocess.TimeoutExpired:
@@ -110,10 +122,10 @@ def wait_listening(port: int, proc: Proc, timeout: float = WAIT) -> None:
         else:
             raise AssertionError(
                 f"{proc.name} exited with {proc.popen.returncode} before it listened on "
-                f"{port}:\n{proc.describe()}"
+                f"{where}:\n{proc.describe()}"
             )
         if time.monotonic() > deadline:
-            raise AssertionError(f"nothing listens on {port}:\n{proc.describe()}")
+            raise AssertionError(f"nothing listens on {where}:\n{proc.describe()}")
 
 
 class LineReader:

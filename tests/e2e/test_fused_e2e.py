@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import threading
-import time
 
 import pytest
 
@@ -225,10 +224,7 @@ def test_unix_listener(epcat_proc, server, short_dir, path):
     srv = server(_answer_after_eof(download))
     socket_path = short_dir / "relay.sock"
     ep, _ = _relay(epcat_proc, path, f"tcp:{srv.address}", listen=f"unix:{socket_path}")
-    deadline = time.monotonic() + WAIT
-    while not socket_path.exists():
-        assert time.monotonic() < deadline, ep.describe()
-        time.sleep(0.02)
+    wait_listening(socket_path, ep)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(WAIT)
         client.connect(str(socket_path))
