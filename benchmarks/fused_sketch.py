@@ -18,7 +18,7 @@ C{shutdown(SHUT_WR)}, and the second EOF closes both.
 epcat itself has had such a path since 50c6ed9 (L{epcat.fused}, with all
 of epcat's behaviour kept: reports, byte counts, the SIGUSR1 table, SIGTERM's
 drain, backpressure, connects that take time, the userspace fallback):
-76k machine instructions of Python per short connection at C{ab -c 32}
+77k machine instructions of Python per short connection at C{ab -c 32}
 against this sketch's 58k, both counted with callgrind.  The sketch stays
 as the upper bound of what one object per connection can do.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_fused,tests.e2e.test_splice_e2e -*-
+# -*- test-case-name: tests.unit.test_fused,tests.e2e.test_fused_e2e -*-
 """
 The fused path: one object carries a relayed connection from accept to
 close, for the plainest and commonest relay, C{listen tcp:...} (or
@@ -27,6 +27,10 @@ semantics:
     connection that could not be made closes the accepted one, each
     reported as on the layered path (the same words, exit-status class and
     C{--stats} counts);
+  - connecting: what the client sends while an outbound connection that
+    takes time is made (off loopback) is held, up to
+    L{epcat.relay.HOLD_LIMIT} bytes, and passed on first, an EOF after it;
+    a client that resets meanwhile stops the attempt, quietly;
   - a pair that holds no bytes holds no pipe, and when no pipe can be made
     (out of descriptors) a direction copies through userspace instead;
   - the runner's bookkeeping: a fused pair is one of L{epcat.run.Runner}'s
@@ -56,6 +60,7 @@ from twisted.python.failure import Failure
 
 from epcat import splice
 from epcat.lean import _LINGER_RESET, READ_SIZE, address_of
+from epcat.relay import HOLD_LIMIT
 from epcat.status import ExitStatus, classify
 
 _splice = splice._splice
@@ -252,7 +257,12 @@ class _Side:
         """
         pair = self.pair
         sink = self.other
-        if pair is None or sink is None or pair.finished:
+        if sink is None:
+            # (the accepted socket while the outbound connection is made)
+            if pair is not None and not pair.finished:
+                self._hold()
+            return
+        if pair is None or pair.finished:
             return
         if self.pipe is not None or self.pending or self.eof or self.done:
             self._pump(True)
@@ -318,10 +328,44 @@ class _Side:
             return
         # (the reactor has dropped its interest already)
         self.reading = self.writing = False
-        if self.connected_at is None:
-            pair._connect_finished(lost=True)
+        if not pair.joined:
+            if self.connected_at is None:
+                pair._connect_finished(lost=True)
+            else:
+                pair._client_gone()
             return
         pair._failed(self, reason.value)
+
+    # while the outbound connection is made
+
+    def _hold(self) -> None:
+        """
+        Read what the client sends while the outbound connection is being
+        made, as the layered path does: bytes are held (up to
+        L{epcat.relay.HOLD_LIMIT}, then reading stops) and an EOF is kept,
+        both passed on first once connected; a client that resets is gone,
+        and the attempt is stopped.
+        """
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.pair._client_gone()  # type: ignore[union-attr]
+            return
+        if not data:
+            self.eof = True
+            self._stop_reading()
+            return
+        self.pending += data
+        self.bytes_received += len(data)
+        if len(self.pending) >= HOLD_LIMIT:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.pair.relay.reactor.removeReader(self)  # type: ignore[union-attr]
 
     # the direction this socket is the source of
 
@@ -537,8 +581,8 @@ class FusedPair:
         """
         Begin the outbound connection: a non-blocking C{connect(2)}, over at
         once when a second C{connect(2)} says so (as on loopback), else when
-        the socket turns writable (or after the endpoint's timeout).  The
-        accepted socket is not read until then.
+        the socket turns writable (or after the endpoint's timeout).  Until
+        then what the client sends is held (L{_Side._hold}).
         """
         relay = self.relay
         client = relay.client
@@ -566,6 +610,9 @@ class FusedPair:
         elif err in _IN_PROGRESS:
             outbound.writing = True
             relay.reactor.addWriter(outbound)
+            # (what the client sends meanwhile is held: see _Side._hold)
+            self.inbound.reading = True
+            relay.reactor.addReader(self.inbound)
             if client.timeout:
                 self._watched = True
                 client._watch(self)
@@ -626,12 +673,23 @@ class FusedPair:
         outbound.connected_at = inbound.connected_at = reactor.seconds()
         inbound.other, outbound.other = outbound, inbound
         self.joined = True
+        # (addReader does nothing for a socket already read: the accepted
+        # one, while a connection that took time was made)
         inbound.reading = outbound.reading = True
         reactor.addReader(inbound)
         reactor.addReader(outbound)
         # (a client that speaks first has usually sent its first bytes by
         # now: reading them at once saves a reactor round)
         inbound.doRead()
+
+    def _client_gone(self) -> None:
+        """
+        The client reset (or the reactor reported an error on its socket)
+        before the outbound connection was made: stop the attempt, quietly,
+        as the layered path does when a client leaves before its outbound
+        connection is up.  Bytes it sent before are dropped with it.
+        """
+        self._connect_failed(error.ConnectingCancelledError(None))
 
     def _connect_failed(self, exception: Exception) -> None:
         """

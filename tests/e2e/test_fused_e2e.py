@@ -9,6 +9,7 @@ be made.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -303,3 +305,96 @@ def test_workers(epcat_proc, server, path):
                                           ep.err, re.M)]
     assert len(accepted) == 2 and sum(accepted) == 40, ep.err
     no_traceback(ep.err)
+
+
+@contextlib.contextmanager
+def _slow_backend():
+    """
+    A listener on 127.0.0.1 whose backlog is full, so that SYNs to it are
+    dropped and a connection attempt waits (as across a slow network) until
+    room is made; yields (listening socket, its port, the local ports of
+    the connections filling its queue).  Skips where the kernel accepts on
+    a full backlog-0 listener anyway.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            filler.connect_ex(("127.0.0.1", port))
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        fillers.append(probe)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(("127.0.0.1", port))
+        except TimeoutError:
+            pass
+        else:
+            pytest.skip("the kernel accepted a connection on a full backlog-0 listener")
+        listener.settimeout(WAIT)
+        yield listener, port, {s.getsockname()[1] for s in fillers}
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_client_bytes_held_while_a_connect_takes_time(epcat_proc, path):
+    """
+    A backend slow to take the connection: what the client sends, and its
+    half-close, are held while the connection is made, and arrive first
+    once the backend accepts (after a SYN retransmission); the answer
+    comes back.
+    """
+    with _slow_backend() as (listener, backend_port, fillers):
+        ep, port = _relay(epcat_proc, path, f"tcp:127.0.0.1:{backend_port}")
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+            client.sendall(b"sent while connecting")
+            client.shutdown(socket.SHUT_WR)
+            # make room: the queued connections are taken and closed, and
+            # the relay's retransmitted SYN gets in
+            while True:
+                conn, (_, peer_port) = listener.accept()
+                if peer_port not in fillers:
+                    break
+                conn.close()
+            with conn:
+                conn.settimeout(WAIT)
+                assert recv_all(conn) == b"sent while connecting"
+                conn.sendall(b"answer")
+            assert recv_all(client) == b"answer"
+        ep.signal(signal.SIGTERM)
+        assert ep.finish() == 0
+        assert ep.err == "", ep.err
+
+
+@pytest.mark.timeout(60)
+@PATHS
+def test_client_reset_while_a_connect_takes_time(epcat_proc, path):
+    """
+    A client that resets while its outbound connection is still being
+    made: the attempt is dropped and the pair closed, quietly (it is
+    counted, not reported as a failure).
+    """
+    with _slow_backend() as (_, backend_port, _fillers):
+        ep, port = _relay(epcat_proc, path, f"tcp:127.0.0.1:{backend_port}", "--stats")
+        client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        deadline = time.monotonic() + WAIT
+        closed = "totals: 1 accepted, 0 refused, 0 failed, 1 closed, 0 open"
+        while closed not in ep.err:
+            assert time.monotonic() < deadline, ep.err
+            start = len(ep.stderr.lines)
+            ep.signal(signal.SIGUSR1)  # (a table each time: wait for it)
+            ep.stderr.wait_for(r"^totals: ", start=start)
+        ep.signal(signal.SIGTERM)
+        assert ep.finish() == 0
+        assert "warning" not in ep.err and "error" not in ep.err, ep.err

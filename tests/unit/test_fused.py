@@ -8,6 +8,7 @@ registered with it, then C{doRead}/C{doWrite}).
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -229,7 +230,7 @@ def test_connect_in_progress_then_done(
 ) -> None:
     """
     A connection not made inside connect(2) (as off loopback) waits for
-    the socket to turn writable; the client is read only then.
+    the socket to turn writable, then relays.
     """
     monkeypatch.setattr(fused.FusedPair, "_connect_again",
                         lambda self, sock: errno.EALREADY)
@@ -247,6 +248,122 @@ def test_connect_in_progress_then_done(
         _run_until(relay.reactor, lambda: got.extend(_nonblocking_recv(server)) or got == b"early")
     finally:
         relay.close()
+
+
+def _read_while_connecting(pair: fused.FusedPair, until: Callable[[], bool]) -> None:
+    """
+    Let the accepted socket be read (as the reactor would, while the
+    outbound connection is still being made) until C{until()}.
+    """
+    deadline = time.monotonic() + WAIT
+    while not until():
+        assert time.monotonic() < deadline, "not done in time"
+        if select.select([pair.inbound.sock], [], [], 0.05)[0]:
+            pair.inbound.doRead()
+
+
+@pytest.fixture
+def connecting(monkeypatch: pytest.MonkeyPatch, backend: socket.socket) -> Any:
+    """
+    A relay whose outbound connections wait for the reactor (as off
+    loopback), a client connection to it, and its pair, not yet joined.
+    """
+    monkeypatch.setattr(fused.FusedPair, "_connect_again",
+                        lambda self, sock: errno.EALREADY)
+    relay = Relay(monkeypatch, backend.getsockname()[1])
+    client = relay.dial()
+    pair = relay.pair()
+    assert not pair.joined and pair.inbound in relay.reactor.getReaders()
+    yield relay, client, pair
+    relay.close()
+
+
+def test_what_the_client_sends_while_connecting_is_held(
+    connecting: Any, backend: socket.socket
+) -> None:
+    """
+    Bytes and an EOF that come while the outbound connection is made are
+    held (the accepted socket is no longer read after the EOF), then
+    passed on first; the answer comes back.
+    """
+    relay, client, pair = connecting
+    client.sendall(b"early")
+    client.shutdown(socket.SHUT_WR)
+    _read_while_connecting(pair, lambda: pair.inbound.eof)
+    assert pair.inbound.pending == b"early"
+    assert pair.inbound not in relay.reactor.getReaders()
+    server, _ = backend.accept()
+    server.settimeout(WAIT)
+    got = bytearray()
+    _run_until(relay.reactor, lambda: _gather(server, got))
+    assert bytes(got) == b"early"
+    server.sendall(b"late answer")
+    server.close()
+    answer = bytearray()
+    _run_until(relay.reactor, lambda: _gather(client, answer))
+    assert bytes(answer) == b"late answer"
+    _run_until(relay.reactor, lambda: not relay.runner.pairs)
+    assert relay.runner.reporter.totals.bytes_in_to_out == 5
+
+
+def test_held_bytes_are_bounded(connecting: Any, backend: socket.socket) -> None:
+    """
+    A client that sends more than HOLD_LIMIT while the outbound connection
+    is made is no longer read past it; everything arrives once connected.
+    """
+    relay, client, pair = connecting
+    payload = os.urandom(4 * fused.HOLD_LIMIT)
+    client.setblocking(False)
+    sent = 0
+
+    def fill() -> bool:
+        nonlocal sent
+        try:
+            sent += client.send(payload[sent:])
+        except BlockingIOError:
+            pass
+        return pair.inbound not in relay.reactor.getReaders()
+
+    _read_while_connecting(pair, fill)
+    assert fused.HOLD_LIMIT <= len(pair.inbound.pending) < fused.HOLD_LIMIT + 65536
+    server, _ = backend.accept()
+    got = bytearray()
+
+    def step() -> bool:
+        nonlocal sent
+        if sent < len(payload):
+            try:
+                sent += client.send(payload[sent:])
+            except BlockingIOError:
+                pass
+        got.extend(_nonblocking_recv(server))
+        return len(got) == len(payload)
+
+    _run_until(relay.reactor, step)
+    assert bytes(got) == payload
+    server.close()
+
+
+def test_a_client_that_resets_while_connecting_stops_the_attempt(
+    connecting: Any, backend: socket.socket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """
+    A client that resets before the outbound connection is made: the
+    attempt is stopped and the pair ends quietly, as on the layered path.
+    """
+    relay, client, pair = connecting
+    outbound = pair.outbound
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    _read_while_connecting(pair, lambda: pair.finished)
+    assert not relay.runner.pairs
+    assert outbound not in relay.reactor.getWriters() and outbound.lost
+    assert relay.runner.reporter.totals.failed == 0
+    assert capsys.readouterr().err == ""
+    server, _ = backend.accept()  # (the kernel had completed it)
+    server.settimeout(WAIT)
+    assert server.recv(10) == b""
+    server.close()
 
 
 def test_connect_timeout(monkeypatch: pytest.MonkeyPatch, backend: socket.socket,
