@@ -215,8 +215,9 @@ class _Side:
         #: (read end, write end, capacity) while this direction holds bytes
         self.pipe: tuple[int, int, int] | None = None
         self.in_pipe = 0
-        #: bytes read without a pipe (none could be made), not yet sent
-        self.pending = b""
+        #: bytes read without a pipe (none could be made, or held while the
+        #: outbound connection was made), not yet sent
+        self.pending: bytes | bytearray = b""
         #: EOF has been read from this socket
         self.eof = False
         #: this direction has ended: EOF read and passed on
@@ -357,6 +358,10 @@ class _Side:
             self.eof = True
             self._stop_reading()
             return
+        if not self.pending:
+            # (a bytearray grows in place: a client sending a byte at a time
+            # costs no copy of all it sent before at each read)
+            self.pending = bytearray()
         self.pending += data
         self.bytes_received += len(data)
         if len(self.pending) >= HOLD_LIMIT:
