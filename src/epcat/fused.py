@@ -59,7 +59,7 @@ from twisted.internet import defer, error
 from twisted.python.failure import Failure
 
 from epcat import splice
-from epcat.lean import _LINGER_RESET, READ_SIZE, address_of
+from epcat.lean import READ_SIZE, address_of, close_socket
 from epcat.relay import HOLD_LIMIT
 from epcat.status import ExitStatus, classify
 
@@ -518,18 +518,7 @@ class _Side:
                     relay.reactor.removeWriter(self)
             self.reading = self.writing = False
         self._close_pipe()
-        sock = self.sock
-        try:
-            if reset:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            elif shut:
-                sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        close_socket(self.sock, reset, shut)
 
 
 class FusedPair:

@@ -69,6 +69,29 @@ _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ACCEPT_SKIP = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR)
 
 
+def close_socket(sock: Any, reset: bool, shut: bool) -> None:
+    """
+    Close a connected socket as Twisted's C{tcp._SocketCloser} does,
+    ignoring errors (the peer may be gone already).
+
+    @param reset: abort: close with a reset (C{SO_LINGER} on, 0 seconds).
+    @param shut: otherwise, shut both directions down first, so that the
+        peer sees a FIN before any reset that C{close(2)} sends for bytes
+        left unread.
+    """
+    try:
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        elif shut:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
 def address_of(family: int, address: Any) -> Any:
     """
     A Twisted address object for an address as the socket module gives it.
@@ -268,17 +291,7 @@ class SocketTransport:
         # so that the peer sees a FIN before any reset that close() sends
         # for bytes left unread -- unless the splice engine has already
         # ended both directions (nothing is left to read or to send).
-        try:
-            if self._aborting:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            elif not self._ended:
-                sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        close_socket(sock, reset=self._aborting, shut=not self._ended)
         protocol, self.protocol = self.protocol, None
         producer, self._producer = self._producer, None
         if producer is not None:

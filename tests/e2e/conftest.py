@@ -10,6 +10,7 @@ started here is killed by its PID and waited for at teardown.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -61,6 +62,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _pause_unless_exited(proc: Proc, seconds: float, awaited: str) -> None:
+    """
+    Wait up to C{seconds} on C{proc}'s exit, between two looks for what a
+    caller awaits; its exit (an event that ends the wait early) is a
+    failure, with the process's output in the message.
+    """
+    try:
+        proc.popen.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return
+    raise AssertionError(
+        f"{proc.name} exited with {proc.popen.returncode} before {awaited}:\n{proc.describe()}"
+    )
+
+
 def wait_for_port(port: int, proc: Proc, host: str = "127.0.0.1", timeout: float = WAIT) -> None:
     """
     Return once C{host:port} accepts a TCP connection.  A peer like nginx
@@ -75,15 +91,7 @@ def wait_for_port(port: int, proc: Proc, host: str = "127.0.0.1", timeout: float
                 return
         except OSError as e:
             last = e
-        try:
-            proc.popen.wait(timeout=0.05)
-        except subprocess.TimeoutExpired:
-            pass
-        else:
-            raise AssertionError(
-                f"{proc.name} exited with {proc.popen.returncode} before "
-                f"{host}:{port} accepted connections:\n{proc.describe()}"
-            )
+        _pause_unless_exited(proc, 0.05, f"{host}:{port} accepted connections")
         if time.monotonic() > deadline:
             raise AssertionError(f"{host}:{port} did not accept connections: {last}")
 
@@ -115,15 +123,7 @@ def wait_listening(where: int | str | Path, proc: Proc, timeout: float = WAIT) -
             next(table)
             if any(found(line.split()) for line in table):
                 return
-        try:
-            proc.popen.wait(timeout=0.02)
-        except subprocess.TimeoutExpired:
-            pass
-        else:
-            raise AssertionError(
-                f"{proc.name} exited with {proc.popen.returncode} before it listened on "
-                f"{where}:\n{proc.describe()}"
-            )
+        _pause_unless_exited(proc, 0.02, f"it listened on {where}")
         if time.monotonic() > deadline:
             raise AssertionError(f"nothing listens on {where}:\n{proc.describe()}")
 
@@ -811,6 +811,72 @@ def echo_handler(conn: socket.socket) -> bytes:
         conn.sendall(data)
     conn.shutdown(socket.SHUT_WR)
     return b"".join(received)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of C{pid} in KiB (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def room_for(pid: int, descriptors: int) -> int:
+    """
+    The RLIMIT_NOFILE that leaves process C{pid} room for exactly
+    C{descriptors} more open files: new descriptors take the lowest free
+    numbers, and each must be below the limit.
+    """
+    taken = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    limit, free = 0, 0
+    while free < descriptors:
+        if limit not in taken:
+            free += 1
+        limit += 1
+    return limit
+
+
+def answer_after_eof(download: bytes) -> Callable[[socket.socket], str]:
+    """
+    A L{Server} handler that reads to the client's half-close, then sends
+    C{download}; it returns the SHA-256 of what it read, in hex.
+    """
+
+    def backend(conn: socket.socket) -> str:
+        got = recv_all(conn)  # returns at the client's half-close
+        conn.sendall(download)  # answered only after EOF
+        return hashlib.sha256(got).hexdigest()
+
+    return backend
+
+
+def check_backpressure(pid: int, client: socket.socket, go: threading.Event,
+                       total: int = 256 * 1024 * 1024) -> None:
+    """
+    Send up to C{total} bytes on C{client}, a connection through relay
+    C{pid} to a backend that reads nothing until C{go} is set: the sends
+    must stall (backpressure) before C{total}, with the relay's RSS grown
+    by under 16 MiB; then C{go} is set and the rest sent, and C{client}
+    half-closed.
+    """
+    chunk = b"x" * (1 << 20)
+    before = rss_kib(pid)
+    sent = 0
+    client.settimeout(0.5)
+    try:
+        while sent < total:
+            sent += client.send(chunk)
+    except TimeoutError:
+        pass  # the relay stopped taking bytes: backpressure
+    assert sent < total, "the relay took everything: no backpressure"
+    grown = rss_kib(pid) - before
+    assert grown < 16 * 1024, f"the relay grew by {grown} KiB while the reader was stalled"
+    go.set()
+    client.settimeout(WAIT)
+    while sent < total:
+        sent += client.send(chunk)
+    client.shutdown(socket.SHUT_WR)
 
 
 def no_traceback(text: str) -> None:

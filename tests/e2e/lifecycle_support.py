@@ -80,13 +80,16 @@ class Listener:
 
 
 @contextlib.contextmanager
-def hanging_port(fill: int = 4, probe_timeout: float = 1.0) -> Iterator[int | None]:
+def full_backlog(fill: int = 4, probe_timeout: float = 1.0
+                 ) -> Iterator[tuple[socket.socket, int, set[int]] | None]:
     """
-    A port on 127.0.0.1 where a connection attempt hangs: a socket listening
-    with backlog 0 that never accepts, first filled with C{fill} non-blocking
-    connects so that the kernel drops further SYNs.
+    A socket listening on 127.0.0.1 with backlog 0, first filled with
+    C{fill} non-blocking connects so that the kernel drops further SYNs: a
+    connection attempt to it hangs until the queue is emptied by accepting
+    (then a retransmitted SYN gets in).
 
-    @return: (as a context manager) the port, or L{None} if a probe
+    @return: (as a context manager) (the listening socket, its port, the
+        local ports of the filling connections), or L{None} if a probe
         connection was accepted by the kernel anyway (the caller then skips
         or uses another way to make a connection hang).
     """
@@ -108,7 +111,8 @@ def hanging_port(fill: int = 4, probe_timeout: float = 1.0) -> Iterator[int | No
         try:
             probe.connect(("127.0.0.1", port))
         except TimeoutError:
-            yield port  # the probe's SYN was dropped: attempts hang
+            # the probe's SYN was dropped: attempts hang
+            yield listener, port, {s.getsockname()[1] for s in fillers}
         else:
             yield None
     finally:
@@ -116,6 +120,19 @@ def hanging_port(fill: int = 4, probe_timeout: float = 1.0) -> Iterator[int | No
             with contextlib.suppress(OSError):
                 s.close()
         listener.close()
+
+
+@contextlib.contextmanager
+def hanging_port(fill: int = 4, probe_timeout: float = 1.0) -> Iterator[int | None]:
+    """
+    A port on 127.0.0.1 where a connection attempt hangs (L{full_backlog},
+    never accepted from).
+
+    @return: (as a context manager) the port, or L{None} if the kernel
+        accepted a probe connection anyway.
+    """
+    with full_backlog(fill, probe_timeout) as backlog:
+        yield None if backlog is None else backlog[1]
 
 
 class Drain:

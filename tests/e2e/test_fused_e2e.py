@@ -22,7 +22,18 @@ import time
 
 import pytest
 
-from .conftest import WAIT, exchange, free_port, no_traceback, recv_all, wait_listening
+from .conftest import (
+    WAIT,
+    answer_after_eof,
+    check_backpressure,
+    exchange,
+    free_port,
+    no_traceback,
+    recv_all,
+    room_for,
+    wait_listening,
+)
+from .lifecycle_support import full_backlog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not hasattr(os, "splice"),
                                                   reason="splice(2) is Linux only")]
@@ -47,15 +58,6 @@ def _relay(epcat_proc, path: str, target: str, *options: str, listen: str | None
     return ep, port
 
 
-def _answer_after_eof(download: bytes):
-    def backend(conn: socket.socket) -> str:
-        got = recv_all(conn)
-        conn.sendall(download)
-        return hashlib.sha256(got).hexdigest()
-
-    return backend
-
-
 @pytest.mark.timeout(60)
 @PATHS
 def test_bulk_with_half_close_and_stats(epcat_proc, server, path):
@@ -65,7 +67,7 @@ def test_bulk_with_half_close_and_stats(epcat_proc, server, path):
     """
     size = 32 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
-    srv = server(_answer_after_eof(download))
+    srv = server(answer_after_eof(download))
     ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats")
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
         received = exchange(client, upload)
@@ -126,14 +128,6 @@ def test_backend_reset(epcat_proc, server, path):
     assert ep.err == f"epcat: warning: [1] connection on tcp:{srv.address} failed: connection lost"
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.timeout(60)
 @PATHS
 def test_backpressure_keeps_memory_bounded(epcat_proc, server, path):
@@ -144,7 +138,6 @@ def test_backpressure_keeps_memory_bounded(epcat_proc, server, path):
     """
     go = threading.Event()
     total = 256 * 1024 * 1024
-    chunk = b"x" * (1 << 20)
 
     def backend(conn: socket.socket) -> int:
         go.wait(WAIT)
@@ -154,22 +147,7 @@ def test_backpressure_keeps_memory_bounded(epcat_proc, server, path):
     ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}")
     client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
     srv.wait_accepted(1)
-    before = _rss_kib(ep.pid)
-    sent = 0
-    client.settimeout(0.5)
-    try:
-        while sent < total:
-            sent += client.send(chunk)
-    except TimeoutError:
-        pass  # the relay stopped taking bytes: backpressure
-    assert sent < total, "the relay took everything: no backpressure"
-    grown = _rss_kib(ep.pid) - before
-    assert grown < 16 * 1024, f"epcat grew by {grown} KiB while the backend was stalled"
-    go.set()
-    client.settimeout(WAIT)
-    while sent < total:
-        sent += client.send(chunk)
-    client.shutdown(socket.SHUT_WR)
+    check_backpressure(ep.pid, client, go, total)
     assert srv.wait_results(1) == [total]
     client.close()
     no_traceback(ep.err)
@@ -223,7 +201,7 @@ def test_unix_listener(epcat_proc, server, short_dir, path):
     """
     size = 8 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
-    srv = server(_answer_after_eof(download))
+    srv = server(answer_after_eof(download))
     socket_path = short_dir / "relay.sock"
     ep, _ = _relay(epcat_proc, path, f"tcp:{srv.address}", listen=f"unix:{socket_path}")
     wait_listening(socket_path, ep)
@@ -236,20 +214,6 @@ def test_unix_listener(epcat_proc, server, short_dir, path):
     no_traceback(ep.err)
 
 
-def _room_for(pid: int, descriptors: int) -> int:
-    """
-    The RLIMIT_NOFILE that leaves process C{pid} room for exactly
-    C{descriptors} more open files.
-    """
-    taken = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
-    limit, free = 0, 0
-    while free < descriptors:
-        if limit not in taken:
-            free += 1
-        limit += 1
-    return limit
-
-
 @pytest.mark.timeout(60)
 @PATHS
 def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server, path):
@@ -259,14 +223,14 @@ def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server, path):
     """
     size = 4 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
-    srv = server(_answer_after_eof(download))
+    srv = server(answer_after_eof(download))
     ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats")
     # Once the reactor runs (it prints the SIGUSR1 table from its loop), it
     # has made every descriptor of its own.
     ep.signal(signal.SIGUSR1)
     ep.wait_stderr(r"^totals: 0 accepted")
     _, hard = resource.prlimit(ep.pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(ep.pid, resource.RLIMIT_NOFILE, (_room_for(ep.pid, 2), hard))
+    resource.prlimit(ep.pid, resource.RLIMIT_NOFILE, (room_for(ep.pid, 2), hard))
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
         received = exchange(client, upload)
     assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
@@ -310,38 +274,15 @@ def test_workers(epcat_proc, server, path):
 @contextlib.contextmanager
 def _slow_backend():
     """
-    A listener on 127.0.0.1 whose backlog is full, so that SYNs to it are
-    dropped and a connection attempt waits (as across a slow network) until
-    room is made; yields (listening socket, its port, the local ports of
-    the connections filling its queue).  Skips where the kernel accepts on
-    a full backlog-0 listener anyway.
+    A backend slow to take connections, as across a slow network
+    (L{full_backlog}): (listening socket, port, the filling connections'
+    local ports); skips where the kernel accepts on a full backlog anyway.
     """
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    fillers: list[socket.socket] = []
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        for _ in range(4):
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            fillers.append(filler)
-            filler.connect_ex(("127.0.0.1", port))
-        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        fillers.append(probe)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(("127.0.0.1", port))
-        except TimeoutError:
-            pass
-        else:
+    with full_backlog() as backlog:
+        if backlog is None:
             pytest.skip("the kernel accepted a connection on a full backlog-0 listener")
-        listener.settimeout(WAIT)
-        yield listener, port, {s.getsockname()[1] for s in fillers}
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
+        backlog[0].settimeout(WAIT)
+        yield backlog
 
 
 @pytest.mark.timeout(60)

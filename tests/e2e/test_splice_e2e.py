@@ -16,7 +16,16 @@ import threading
 
 import pytest
 
-from .conftest import WAIT, exchange, free_port, no_traceback, recv_all
+from .conftest import (
+    WAIT,
+    answer_after_eof,
+    check_backpressure,
+    exchange,
+    free_port,
+    no_traceback,
+    recv_all,
+    room_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,17 +45,6 @@ def _relay(epcat_proc, backend_address: str, *extra: str, env=None):
     return ep, ep.port()
 
 
-def _answer_after_eof(download: bytes):
-    """A backend that reads to the client's half-close, then answers."""
-
-    def backend(conn: socket.socket) -> str:
-        got = recv_all(conn)  # returns at the client's half-close
-        conn.sendall(download)  # answered only after EOF
-        return hashlib.sha256(got).hexdigest()
-
-    return backend
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "no_splice, no_lean",
@@ -61,7 +59,7 @@ def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
     """
     size = 32 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
-    srv = server(_answer_after_eof(download))
+    srv = server(answer_after_eof(download))
     env = dict(os.environ)
     if no_splice:
         env["EPCAT_NO_SPLICE"] = "1"
@@ -77,21 +75,6 @@ def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
     no_traceback(ep.err)
 
 
-def _room_for(pid: int, descriptors: int) -> int:
-    """
-    The RLIMIT_NOFILE that leaves process C{pid} room for exactly
-    C{descriptors} more open files: new descriptors take the lowest free
-    numbers, and each must be below the limit.
-    """
-    taken = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
-    limit, free = 0, 0
-    while free < descriptors:
-        if limit not in taken:
-            free += 1
-        limit += 1
-    return limit
-
-
 @pytest.mark.timeout(60)
 def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server):
     """
@@ -102,7 +85,7 @@ def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server):
     """
     size = 4 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
-    srv = server(_answer_after_eof(download))
+    srv = server(answer_after_eof(download))
     ep, port = _relay(epcat_proc, srv.address)
     # Once the reactor runs (it prints the SIGUSR1 table from its loop), it
     # has made every descriptor of its own: its wakers come after the
@@ -111,7 +94,7 @@ def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server):
     ep.wait_stderr(r"^totals: 0 accepted")
     _, hard = resource.prlimit(ep.pid, resource.RLIMIT_NOFILE)
     # the accepted socket and the outbound one, and no pipe (it needs two)
-    resource.prlimit(ep.pid, resource.RLIMIT_NOFILE, (_room_for(ep.pid, 2), hard))
+    resource.prlimit(ep.pid, resource.RLIMIT_NOFILE, (room_for(ep.pid, 2), hard))
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
         received = exchange(client, upload)
     assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
@@ -125,14 +108,6 @@ def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server):
     no_traceback(ep.err)
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.timeout(60)
 def test_backpressure_keeps_memory_bounded(epcat_proc, server):
     """
@@ -141,7 +116,6 @@ def test_backpressure_keeps_memory_bounded(epcat_proc, server):
     """
     stop = threading.Event()
     total = 256 * 1024 * 1024
-    chunk = b"x" * (1 << 20)
 
     def backend(conn: socket.socket) -> int:
         stop.wait(WAIT)  # read nothing until told
@@ -151,22 +125,7 @@ def test_backpressure_keeps_memory_bounded(epcat_proc, server):
     ep, port = _relay(epcat_proc, srv.address)
     client = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
     ep.wait_stderr(r"\[1\] connected to ")  # joined (the engine starts at the first byte)
-    before = _rss_kib(ep.pid)
-    sent = 0
-    client.settimeout(0.5)
-    try:
-        while sent < total:
-            sent += client.send(chunk)
-    except TimeoutError:
-        pass  # the relay stopped taking bytes: backpressure
-    assert sent < total, "the relay took everything: no backpressure"
-    grown = _rss_kib(ep.pid) - before
-    assert grown < 16 * 1024, f"epcat grew by {grown} KiB while the reader was stalled"
-    stop.set()
-    client.settimeout(WAIT)
-    while sent < total:
-        sent += client.send(chunk)
-    client.shutdown(socket.SHUT_WR)
+    check_backpressure(ep.pid, client, stop, total)
     assert srv.wait_results(1) == [total]
     client.close()
     assert SPLICE_LINE in ep.err, ep.err
@@ -258,7 +217,7 @@ def test_unix_listener_to_tcp(epcat_proc, server, short_dir):
     """
     size = 8 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
-    srv = server(_answer_after_eof(download))
+    srv = server(answer_after_eof(download))
     path = short_dir / "relay.sock"
     ep = epcat_proc("-vv", "listen", f"unix:{path}", "connect", f"tcp:{srv.address}")
     ep.listening()

@@ -40,6 +40,7 @@ try:  # the end-to-end suite's process and peer fixtures, re-exported
         Proc,
         epcat_proc,
         free_port,
+        rss_kib,
         server,
         short_dir,
         spawn,
@@ -54,6 +55,7 @@ except ImportError:  # pragma: no cover - run with the repository root on sys.pa
         Proc,
         epcat_proc,
         free_port,
+        rss_kib,
         server,
         short_dir,
         spawn,
@@ -178,15 +180,6 @@ def fd_kinds(pid: int) -> dict[str, int]:
         kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else "file"
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of C{pid} in KiB (VmRSS of /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

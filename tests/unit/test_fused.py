@@ -534,7 +534,7 @@ def test_eligible(monkeypatch: pytest.MonkeyPatch, options: tuple[str, ...]) -> 
         ((), ("--once",), ()),
         ((), ("--max-connections", "5"), ()),
         ((), ("--allow", "127.0.0.0/8"), ()),
-        ((), ("--deny", "10.0.0.0/8"), ()),
+        ((), ("--deny", "127.0.0.2/32"), ()),
         ((), (), ("--retry", "2")),
         ((), (), ("--connect-timeout", "5")),
         ((), (), ("--proxy-header", "v1")),
