@@ -14,6 +14,7 @@ import ipaddress
 import os
 import itertools
 import signal
+import socket
 from typing import Any
 from collections.abc import Callable
 
@@ -575,7 +576,8 @@ class Runner:
     def _bound_accept_batches(self, port: Any) -> None:
         """
         Make a Twisted TCP or UNIX port accept no more connections in one
-        read than C{--max-connections} leaves room for.
+        read than C{--max-connections} leaves room for, and only one in a
+        read when the first connection ends listening (C{listen}, C{--once}).
 
         C{tcp.Port.doRead} accepts up to C{numberAccepts} connections in one
         loop (100 at first, growing by 20 after every full round); stopping
@@ -588,10 +590,22 @@ class Runner:
 
         @param port: the L{IListeningPort} that C{listen} gave.
         """
-        limit = self.plan.listen_options.max_connections
-        if limit is None or not isinstance(getattr(port, "numberAccepts", None), int):
+        if not isinstance(getattr(port, "numberAccepts", None), int):
             return
         do_read = port.doRead
+        if self.one_connection:
+            # One accept per read: the first connection closes the listening
+            # socket at once (_stop_listening), and the accept loop must not
+            # go on to call accept(2) on it.
+            def read_one() -> Any:
+                port.numberAccepts = 1
+                return do_read()
+
+            port.doRead = read_one
+            return
+        limit = self.plan.listen_options.max_connections
+        if limit is None:
+            return
 
         def doRead() -> Any:
             room = limit - self._connections_held()
@@ -674,8 +688,23 @@ class Runner:
                 start()
 
     def _stop_listening(self) -> None:
+        """
+        Stop listening at once, for the one connection of C{listen} (nc -l)
+        or C{--once}: the listening socket is closed before the accepted
+        connection is even reported, so a client that connects after seeing
+        "accepted" is refused.  C{stopListening} alone closes it one reactor
+        round later, and a handshake that completes while a listening TCP
+        socket is being closed can be dropped by the kernel without a reset:
+        the client then has an established connection that nobody holds,
+        and waits on it for ever (seen on Linux 6.18 for about 1 client in
+        400 connecting at the moment "accepted" was printed).
+        """
         ports, self.ports = self.ports, []
         for port in ports:
+            sock = getattr(port, "socket", None)
+            if isinstance(sock, socket.socket) and sock.fileno() != -1:
+                port.stopReading()
+                sock.close()  # (stopListening's close then finds it closed)
             port.stopListening()
 
     # -- one-shot modes
