@@ -701,10 +701,7 @@ class Runner:
         """
         ports, self.ports = self.ports, []
         for port in ports:
-            sock = getattr(port, "socket", None)
-            if isinstance(sock, socket.socket) and sock.fileno() != -1:
-                port.stopReading()
-                sock.close()  # (stopListening's close then finds it closed)
+            close_listening_now(port)
             port.stopListening()
 
     # -- one-shot modes
@@ -1171,6 +1168,8 @@ class Runner:
         self.reporter.stopping = True
         # (wait for the ports to close: a UNIX port removes its socket file
         # and lock only then)
+        for port in self.ports:
+            close_listening_now(port)  # (refused from the "stopping" line on)
         waits: list[defer.Deferred[Any]] = [
             defer.maybeDeferred(port.stopListening) for port in self.ports
         ]
@@ -1234,6 +1233,22 @@ class Runner:
     def _abort_all(self) -> None:
         for pair in list(self.pairs):
             pair.abort()
+
+
+def close_listening_now(port: Any) -> None:
+    """
+    Close a listening port's socket now, not one reactor round later as
+    C{stopListening} does (which must still be called: it finishes the job,
+    and a UNIX port removes its socket file then).  A client connecting
+    after that is refused.
+
+    @param port: an L{IListeningPort}; one without a socket of its own (a
+        Tor onion service, say) is left to C{stopListening}.
+    """
+    sock = getattr(port, "socket", None)
+    if isinstance(sock, socket.socket) and sock.fileno() != -1:
+        port.stopReading()
+        sock.close()  # (stopListening's close then finds it closed)
 
 
 def run(reactor: Any, plan: Plan, ui: UI) -> defer.Deferred[int]:

@@ -1,10 +1,12 @@
 """
 Tests for L{epcat.run.Runner}'s bookkeeping of finished pairs, on a
-L{MemoryReactorClock} (nothing listens or connects).
+L{MemoryReactorClock} (nothing listens or connects), and for its closing of a
+listening socket at once (real loopback ports driven by that reactor).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -57,3 +59,131 @@ def test_finished_pairs_are_let_go_a_round_later_without_accepts(runner: run.Run
     runner.reactor.advance(0)
     assert all(p.inbound.pair is None for p in pairs)
     assert not runner._finished_pairs
+
+
+# -- closing the listening socket at once (listen, --once, stopping)
+
+
+def _listening_port(reactor: MemoryReactorClock) -> Any:
+    """A real listening TCP port on 127.0.0.1, driven by C{reactor}."""
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Factory, Protocol
+
+    port = tcp.Port(0, Factory.forProtocol(Protocol), interface="127.0.0.1", reactor=reactor)
+    port.startListening()
+    return port
+
+
+def _refused(port_number: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port_number), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_close_listening_now_refuses_the_next_client_before_the_reactor_turns() -> None:
+    reactor = MemoryReactorClock()
+    port = _listening_port(reactor)
+    number = port.getHost().port
+    run.close_listening_now(port)
+    assert port not in reactor.readers
+    assert _refused(number)
+    # stopListening still finishes the job, a round later, without error
+    stopped = port.stopListening()
+    reactor.advance(0)
+    assert stopped.called and not port.connected
+
+
+def test_close_listening_now_leaves_a_port_without_a_socket_alone() -> None:
+    class Onion:
+        stopped = False
+
+        def stopReading(self) -> None:
+            self.stopped = True
+
+    onion = Onion()
+    run.close_listening_now(onion)
+    assert not onion.stopped
+
+
+@pytest.fixture
+def listen_runner(monkeypatch: pytest.MonkeyPatch) -> run.Runner:
+    """The Runner of `epcat listen tcp:0` (the first connection <-> stdin/stdout)."""
+    plans: list[Any] = []
+    monkeypatch.setattr(epcat.cli, "go", plans.append)
+    result = CliRunner().invoke(cli, ["listen", "tcp:0"])
+    assert result.exit_code == 0, result.output
+    return run.Runner(MemoryReactorClock(), plans[0], UI(0, "text"))
+
+
+def test_listen_closes_the_listening_socket_as_it_accepts(listen_runner: run.Runner) -> None:
+    """
+    The one connection of `listen` closes the listening socket before it is
+    reported: one reactor round later, a client connecting in between could
+    be left on a handshake the kernel completed while the socket closed.
+    """
+    from twisted.internet import defer
+
+    port = _listening_port(listen_runner.reactor)
+    number = port.getHost().port
+    listen_runner.ports.append(port)
+    pair = listen_runner._accept(IPv4Address("TCP", "127.0.0.1", 5000), None, defer.Deferred())
+    assert pair is not None
+    assert _refused(number)
+    assert listen_runner.ports == []
+
+
+def _wait_backlog(port_number: int, count: int) -> None:
+    """
+    Wait until C{count} connections wait in the backlog of the listener on
+    127.0.0.1:C{port_number} (the rx_queue of its /proc/net/tcp line).
+    """
+    import time
+
+    local = f"0100007F:{port_number:04X}"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as f:
+            for line in f:
+                fields = line.split()
+                listening = fields[1] == local and fields[3] == "0A"
+                if listening and int(fields[4].split(":")[1], 16) >= count:
+                    return
+        time.sleep(0.01)
+    raise AssertionError(f"{count} connections never reached the backlog")
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/net/tcp"), reason="reads the backlog from Linux's /proc/net/tcp"
+)
+def test_listen_accepts_one_connection_per_read(listen_runner: run.Runner) -> None:
+    """
+    Twisted's accept loop would go on to call accept(2) on the socket the
+    first connection closed: in `listen`, a read accepts one connection.
+    """
+    import socket
+
+    port = _listening_port(listen_runner.reactor)
+    listen_runner._bound_accept_batches(port)
+    accepted: list[Any] = []
+    build = port.factory.buildProtocol
+    port.factory.buildProtocol = lambda addr: accepted.append(addr) or build(addr)
+    address = ("127.0.0.1", port.getHost().port)
+    clients = [socket.create_connection(address) for _ in range(2)]
+    try:
+        _wait_backlog(address[1], 2)
+        port.doRead()
+        assert len(accepted) == 1
+        port.doRead()
+        assert len(accepted) == 2
+    finally:
+        for client in clients:
+            client.close()
+        for transport in list(listen_runner.reactor.readers):
+            if transport is not port:
+                transport.loseConnection()
+        port.stopListening()
+        listen_runner.reactor.advance(0)
