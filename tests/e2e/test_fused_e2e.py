@@ -58,6 +58,25 @@ def _relay(epcat_proc, path: str, target: str, *options: str, listen: str | None
     return ep, port
 
 
+def _exchange_intact(client: socket.socket, srv, upload: bytes, download: bytes) -> None:
+    """
+    Send C{upload} through C{client} and half-close; check that the backend
+    (an L{answer_after_eof} server) got all of it and the client all of
+    C{download}.
+    """
+    received = exchange(client, upload)
+    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
+    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+
+
+def _one_pair_totals(size: int) -> str:
+    """--stats' totals line after one pair that moved C{size} bytes each way."""
+    return (
+        f"epcat: totals: 1 accepted, 0 refused, 0 failed, 1 closed, 0 open; "
+        f"{size} bytes inbound->outbound, {size} bytes outbound->inbound"
+    )
+
+
 @pytest.mark.timeout(60)
 @PATHS
 def test_bulk_with_half_close_and_stats(epcat_proc, server, path):
@@ -70,15 +89,10 @@ def test_bulk_with_half_close_and_stats(epcat_proc, server, path):
     srv = server(answer_after_eof(download))
     ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats")
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
-        received = exchange(client, upload)
-    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
-    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+        _exchange_intact(client, srv, upload, download)
     ep.signal(signal.SIGTERM)
     assert ep.finish() == 0
-    assert ep.err == (
-        f"epcat: totals: 1 accepted, 0 refused, 0 failed, 1 closed, 0 open; "
-        f"{size} bytes inbound->outbound, {size} bytes outbound->inbound"
-    )
+    assert ep.err == _one_pair_totals(size)
 
 
 @pytest.mark.timeout(60)
@@ -208,9 +222,7 @@ def test_unix_listener(epcat_proc, server, short_dir, path):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(WAIT)
         client.connect(str(socket_path))
-        received = exchange(client, upload)
-    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
-    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+        _exchange_intact(client, srv, upload, download)
     no_traceback(ep.err)
 
 
@@ -232,15 +244,10 @@ def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server, path):
     _, hard = resource.prlimit(ep.pid, resource.RLIMIT_NOFILE)
     resource.prlimit(ep.pid, resource.RLIMIT_NOFILE, (room_for(ep.pid, 2), hard))
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
-        received = exchange(client, upload)
-    assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
-    assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+        _exchange_intact(client, srv, upload, download)
     ep.signal(signal.SIGTERM)
     assert ep.finish() == 0
-    assert ep.err.endswith(
-        f"epcat: totals: 1 accepted, 0 refused, 0 failed, 1 closed, 0 open; "
-        f"{size} bytes inbound->outbound, {size} bytes outbound->inbound"
-    ), ep.err
+    assert ep.err.endswith(_one_pair_totals(size)), ep.err
 
 
 @pytest.mark.timeout(60)

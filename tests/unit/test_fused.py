@@ -148,11 +148,8 @@ def test_request_response_and_close(relay: Relay, backend: socket.socket) -> Non
     received = bytearray()
     _run_until(relay.reactor, lambda: received.extend(_nonblocking_recv(server)) or (
         bytes(received) == b"GET / HTTP/1.0\r\n\r\n"))
-    server.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello")
-    server.close()
-    answer = bytearray()
-    _run_until(relay.reactor, lambda: _gather(client, answer))
-    assert bytes(answer) == b"HTTP/1.0 200 OK\r\n\r\nhello"
+    response = b"HTTP/1.0 200 OK\r\n\r\nhello"
+    assert _answer_and_close(relay, server, client, response) == response
     assert pair.first_closer == "outbound"
     client.close()
     _run_until(relay.reactor, lambda: pair.finished)
@@ -179,6 +176,16 @@ def _gather(sock: socket.socket, into: bytearray) -> bool:
     return not chunk
 
 
+def _answer_and_close(relay: Relay, server: socket.socket, client: socket.socket,
+                      data: bytes) -> bytes:
+    """The backend sends C{data} and closes: what the client reads to its EOF."""
+    server.sendall(data)
+    server.close()
+    answer = bytearray()
+    _run_until(relay.reactor, lambda: _gather(client, answer))
+    return bytes(answer)
+
+
 def test_half_close_from_the_client(relay: Relay, backend: socket.socket) -> None:
     """
     The client's FIN reaches the backend after its bytes, and the backend
@@ -190,11 +197,7 @@ def test_half_close_from_the_client(relay: Relay, backend: socket.socket) -> Non
     asked = bytearray()
     _run_until(relay.reactor, lambda: _gather(server, asked))
     assert bytes(asked) == b"question"
-    server.sendall(b"answer")
-    server.close()
-    answer = bytearray()
-    _run_until(relay.reactor, lambda: _gather(client, answer))
-    assert bytes(answer) == b"answer"
+    assert _answer_and_close(relay, server, client, b"answer") == b"answer"
     _run_until(relay.reactor, lambda: not relay.runner.pairs)
 
 
@@ -297,11 +300,7 @@ def test_what_the_client_sends_while_connecting_is_held(
     got = bytearray()
     _run_until(relay.reactor, lambda: _gather(server, got))
     assert bytes(got) == b"early"
-    server.sendall(b"late answer")
-    server.close()
-    answer = bytearray()
-    _run_until(relay.reactor, lambda: _gather(client, answer))
-    assert bytes(answer) == b"late answer"
+    assert _answer_and_close(relay, server, client, b"late answer") == b"late answer"
     _run_until(relay.reactor, lambda: not relay.runner.pairs)
     assert relay.runner.reporter.totals.bytes_in_to_out == 5
 
