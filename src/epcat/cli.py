@@ -194,7 +194,11 @@ def _networks(option: str) -> Any:
 
 @cli.command(cls=Step)
 @click.argument("server", metavar="SERVER", shell_complete=complete_server)
-@click.option("--once", is_flag=True, help="Serve one connection and exit when it ends.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Serve one connection and exit when it ends; later clients are refused.",
+)
 @click.option(
     "--max-connections",
     type=click.IntRange(min=1),
