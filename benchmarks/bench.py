@@ -3,7 +3,8 @@
 epcat beside socat, haproxy and no relay at all, on loopback.
 
     python benchmarks/bench.py [--quick] [--rounds N] [--chart FILE.png]
-                               [--candidates epcat,epcat-workers,socat,socat-b256k,haproxy,direct]
+                               [--candidates epcat,epcat-workers,epcat-splice,socat,
+                                             socat-b256k,haproxy,direct]
                                [--workloads startup,bulk,unix,http,memory]
                                [--json FILE]
 
@@ -14,6 +15,9 @@ Candidates (each relays 127.0.0.1:RELAY to 127.0.0.1:BACKEND):
     epcat-workers
                  the same with --workers <cores>, for the TCP workloads (bulk,
                  http); left out when `epcat listen --help` offers no --workers
+    epcat-splice the same as epcat with EPCAT_SPLICE=1 (its fast path moves
+                 bytes with splice(2) rather than copying them), for the bulk
+                 workloads (bulk, unix)
     socat        socat TCP-LISTEN:RELAY,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:BACKEND
     socat-b256k  the same with -b 262144
     haproxy      haproxy -db, mode tcp, from a written config
@@ -91,16 +95,19 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 STREAMTOOLS = HERE / "streamtools.py"
 
-ALL_CANDIDATES = ("epcat", "epcat-workers", "socat", "socat-b256k", "haproxy", "direct")
-RELAYS = ("epcat", "epcat-workers", "socat", "socat-b256k", "haproxy")
-#: Candidates measured only where they differ from another: epcat --workers
-#: shares a TCP port; its UNIX listener, memory and start-up are epcat's.
-TCP_ONLY = ("epcat-workers",)
+ALL_CANDIDATES = ("epcat", "epcat-workers", "epcat-splice", "socat", "socat-b256k", "haproxy",
+                  "direct")
+RELAYS = ("epcat", "epcat-workers", "epcat-splice", "socat", "socat-b256k", "haproxy")
 #: the workloads that relay TCP to TCP
 TCP_WORKLOADS = ("bulk", "http")
+#: Candidates measured only where they differ from another, and their
+#: workloads: epcat --workers shares a TCP port (its UNIX listener, memory
+#: and start-up are epcat's); EPCAT_SPLICE changes only how bulk bytes move.
+ONLY = {"epcat-workers": TCP_WORKLOADS, "epcat-splice": ("bulk", "unix")}
 LABELS = {
     "epcat": "epcat",
     "epcat-workers": f"epcat --workers {os.cpu_count() or 1}",
+    "epcat-splice": "epcat, EPCAT_SPLICE=1",
     "socat": "socat (default)",
     "socat-b256k": "socat -b 262144",
     "haproxy": "haproxy",
@@ -530,6 +537,9 @@ class Bench:
             else:
                 self.notes.append(f"{LABELS['epcat-workers']}: the TCP workloads only (its "
                                   "UNIX listener, memory and start-up are one epcat's)")
+        if "epcat-splice" in self.candidates:
+            self.notes.append(f"{LABELS['epcat-splice']}: the bulk workloads only (the "
+                              "variable changes only how the fast path moves bytes)")
         if self.tools["nginx"] and self.tools["ab"]:
             self.nginx_port = self._start_nginx()
         if any(c in RELAYS for c in self.candidates):
@@ -583,12 +593,14 @@ http {{
 
     def relay_argv(self, candidate: str, listen: tuple[str, Any], backend: int) -> list[str]:
         kind, where = listen
-        if candidate in ("epcat", "epcat-workers"):
+        if candidate in ("epcat", "epcat-workers", "epcat-splice"):
             assert self.epcat is not None
             server = (f"tcp:{where}:interface=127.0.0.1" if kind == "tcp" else f"unix:{where}")
             workers = (["--workers", str(os.cpu_count() or 1)]
                        if candidate == "epcat-workers" else [])
-            return [self.epcat, "listen", *workers, server,
+            # (env execs epcat: the PID, and its CPU time, are epcat's)
+            prefix = ["env", "EPCAT_SPLICE=1"] if candidate == "epcat-splice" else []
+            return [*prefix, self.epcat, "listen", *workers, server,
                     "connect", f"tcp:127.0.0.1:{backend}"]
         if candidate in ("socat", "socat-b256k"):
             socat = self.tools["socat"]
@@ -904,7 +916,7 @@ backend backend
             for workload in self.workloads:
                 measure = getattr(self, f"w_{workload}")
                 for candidate in order:
-                    if candidate in TCP_ONLY and workload not in TCP_WORKLOADS:
+                    if workload not in ONLY.get(candidate, (workload,)):
                         continue
                     t0 = time.monotonic()
                     before = cpu_times()

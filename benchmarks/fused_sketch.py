@@ -7,12 +7,12 @@ from accept to close?
     python benchmarks/fused_sketch.py LISTEN_PORT BACKEND_PORT
 
 relays 127.0.0.1:LISTEN_PORT to 127.0.0.1:BACKEND_PORT with epcat's reactor
-(L{epcat.reactor}: Twisted's epoll reactor), lean sockets and the zero-copy
-engine's pipe pool (L{epcat.splice}), but none of epcat's per-connection
+(L{epcat.reactor}: Twisted's epoll reactor), lean sockets and the fast
+path's mover and pool (L{epcat.splice}), but none of epcat's per-connection
 layers: no L{epcat.run.Runner} events, no L{epcat.relay.Pair} or
 C{RelaySide}s, no lean transports, no splice engine objects.  Each accepted
 connection is one C{_Connection} with an C{_End} per socket; each readable
-end moves what it has to the other through a pooled pipe, passes EOF on as
+end moves what it has to the other through a pooled buffer (or pipe), passes EOF on as
 C{shutdown(SHUT_WR)}, and the second EOF closes both.
 
 epcat itself has had such a path since 50c6ed9 (L{epcat.fused}, with all
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import _socket
 import errno
-import os
 import select
 import socket
 import sys
@@ -53,7 +52,9 @@ from epcat import splice
 
 reactor: Any = epcat_reactor.install()
 
-_FLAGS = splice._FLAGS  # (SPLICE_F_MOVE | SPLICE_F_NONBLOCK, as the engine's)
+# (the fast path's mover, as the engine's: epcat.splice.MOVER)
+_fill = splice._fill
+_drain = splice._drain
 
 
 class _End:
@@ -86,7 +87,7 @@ class _End:
             self.connection.close()
             return
         try:
-            moved = os.splice(self.fd, pipe[1], pipe[2], None, None, _FLAGS)
+            moved = _fill(self.fd, pipe)
         except BlockingIOError:
             splice._release_pipe(pipe)
             return
@@ -109,7 +110,7 @@ class _End:
         try:
             while moved:
                 try:
-                    moved -= os.splice(pipe[0], other.fd, moved, None, None, _FLAGS)
+                    moved -= _drain(pipe, other.fd, moved)
                 except BlockingIOError:
                     if not select.select([], [other.fd], [], 5)[1]:
                         raise

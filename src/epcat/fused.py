@@ -63,8 +63,8 @@ from epcat.lean import READ_SIZE, address_of, close_socket
 from epcat.relay import HOLD_LIMIT
 from epcat.status import ExitStatus, classify
 
-_splice = splice._splice
-_FLAGS = splice._FLAGS
+_fill = splice._fill
+_drain = splice._drain
 _pool = splice._pool
 _make_pipe = splice._make_pipe
 _release_pipe = splice._release_pipe
@@ -277,7 +277,7 @@ class _Side:
                 self._pump(True)  # (out of descriptors: its fallback)
                 return
         try:
-            moved = _splice(self.fd, pipe[1], pipe[2], None, None, _FLAGS)
+            moved = _fill(self.fd, pipe)
         except BlockingIOError:
             _pool.append(pipe)  # (its place in the pool is still free)
             return
@@ -291,7 +291,7 @@ class _Side:
             self._ended()
             return
         try:
-            written = _splice(pipe[0], sink.fd, moved, None, None, _FLAGS)
+            written = _drain(pipe, sink.fd, moved)
         except BlockingIOError:
             written = 0
         except OSError as e:
@@ -397,8 +397,7 @@ class _Side:
                     continue
                 if self.in_pipe:
                     assert self.pipe is not None
-                    self.in_pipe -= _splice(self.pipe[0], sink.fd, self.in_pipe, None, None,
-                                            _FLAGS)
+                    self.in_pipe -= _drain(self.pipe, sink.fd, self.in_pipe)
                     if not self.in_pipe and drained:
                         break  # (the last read found the socket emptied)
                     continue
@@ -422,7 +421,7 @@ class _Side:
                             self.bytes_received += len(data)
                             pair.last_activity = pair.relay.reactor.seconds()
                         continue
-                moved = _splice(self.fd, self.pipe[1], self.pipe[2], None, None, _FLAGS)
+                moved = _fill(self.fd, self.pipe)
                 if not moved:
                     self.eof = True
                     continue

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import ConnectingCancelledError, ConnectionDone, ConnectionLost
 
+from epcat import splice as zero_copy
 from epcat.endpoints import HALF_CLOSE_TLS
 from epcat.relay import Pair, RelaySide
 from epcat.status import ExitStatus, classify
@@ -298,7 +299,7 @@ class Reporter:
             return
         self.ui.debug(
             "fast-path",
-            f"[{pair.conn_id}] zero-copy relay with splice(2)",
+            f"[{pair.conn_id}] fast path: {zero_copy.MOVER_DESCRIPTION}",
             conn=pair.conn_id,
         )
 

@@ -1,8 +1,12 @@
 # -*- test-case-name: tests.unit.test_splice,tests.e2e.test_splice_e2e -*-
 """
-The zero-copy fast path: when both sides of a pair are plain stream sockets
-(TCP or UNIX) and nothing needs to see the bytes, they move socket -> pipe ->
-socket with splice(2), never entering Python.
+The fast path: when both sides of a pair are plain stream sockets (TCP or
+UNIX) and nothing needs to see the bytes, they move from socket to socket
+without becoming Python objects, by one of two movers (L{MOVER}): read(2)
+into a reused 256 KiB buffer and write(2) out of it (the default), or, with
+C{EPCAT_SPLICE} set, socket -> pipe -> socket with splice(2), never copied
+through the relay.  (Below, a direction's "pipe" is whichever the mover
+uses: a buffer or a pipe.)
 
 The engine is driven by the reactor's readiness callbacks: it takes the two
 sockets out of Twisted's transports (which stop reading and writing), adds
@@ -21,8 +25,7 @@ descriptors beyond their two sockets.  A pair is handed to the engine at its
 first byte or EOF (L{epcat.relay.Pair.splice_waiting}): one that never moves
 data costs no engine at all.
 
-Linux only (splice(2), Python 3.10's C{os.splice}); L{eligible} says no
-elsewhere and the pair stays on the normal path.
+Linux only (L{available}); elsewhere the pair stays on the normal path.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 #: bytes a pipe may hold (fs.pipe-max-size is 1 MiB by default)
 PIPE_SIZE = 1 << 20
+
+#: bytes a copying direction's buffer holds (socat -b 262144's)
+BUFFER_SIZE = 1 << 18
 
 #: splice rounds one readiness callback may do before yielding to the reactor
 ROUNDS = 8
@@ -162,7 +168,7 @@ class _End:
                 engine._pump(d, True)  # (out of descriptors: its fallback)
                 return
         try:
-            moved = _splice(self.fd, pipe[1], pipe[2], None, None, _FLAGS)
+            moved = _fill(self.fd, pipe)
         except BlockingIOError:
             _pool.append(pipe)  # (its place in the pool is still free)
             return
@@ -179,7 +185,7 @@ class _End:
         # (passed on before it is counted: the bookkeeping is not in the
         # bytes' way)
         try:
-            written = _splice(pipe[0], d.sink.fd, moved, None, None, _FLAGS)
+            written = _drain(pipe, d.sink.fd, moved)
         except BlockingIOError:
             written = 0
         except OSError as e:
@@ -366,7 +372,7 @@ class SpliceEngine:
                         raise BlockingIOError(errno.EAGAIN, "partial send")
                     continue
                 if d.in_pipe:
-                    moved = _splice(d.pipe[0], d.sink.fd, d.in_pipe, None, None, _FLAGS)
+                    moved = _drain(d.pipe, d.sink.fd, d.in_pipe)
                     d.in_pipe -= moved
                     if not d.in_pipe and drained:
                         # The last read took less than the pipe holds: the
@@ -391,7 +397,7 @@ class SpliceEngine:
                         # out of descriptors (EMFILE): go on without splice
                         self._fall_back()
                         return
-                moved = _splice(d.source.fd, d.pipe[1], d.pipe[2], None, None, _FLAGS)
+                moved = _fill(d.source.fd, d.pipe)
                 if moved == 0:
                     d.eof = True
                     continue
@@ -533,22 +539,21 @@ class SpliceEngine:
         other.side._close()
 
 
-#: empty pipes kept for the next direction that has bytes to move (a deque,
-#: not a list: a kept-alive pair takes the one pipe in the pool and gives it
-#: back at every request and response, and a list going from one item to none
-#: and back reallocates its storage both times, about 800 machine
-#: instructions a request, 4 % of what epcat spends on one, counted with
-#: callgrind; a deque keeps its block)
-_pool: deque[tuple[int, int, int]] = deque()
+#: empty pipes (or buffers) kept for the next direction that has bytes to
+#: move (a deque, not a list: a kept-alive pair takes the one pipe in the pool
+#: and gives it back at every request and response, and a list going from
+#: one item to none and back reallocates its storage both times, about 800
+#: machine instructions a request, 4 % of what epcat spends on one, counted
+#: with callgrind; a deque keeps its block)
+_pool: deque[Any] = deque()
 
-#: at most this many pipes wait in the pool; the rest are closed
+#: at most this many pipes (or buffers) wait in the pool; the rest are let go
 POOL_SIZE = 16
 
 
-def _acquire_pipe() -> tuple[int, int, int]:
+def _acquire_pipe() -> Any:
     """
-    An empty pipe, as (read end, write end, capacity in bytes): from the
-    pool, or a new one.
+    An empty pipe (or buffer): from the pool, or a new one.
 
     @raise OSError: no descriptor left for a new pipe (EMFILE, ENFILE).
     """
@@ -557,9 +562,9 @@ def _acquire_pipe() -> tuple[int, int, int]:
     return _make_pipe()
 
 
-def _release_pipe(pipe: tuple[int, int, int]) -> None:
+def _release_pipe(pipe: Any) -> None:
     """
-    Give back an empty pipe (one that holds no byte).
+    Give back an empty pipe (or buffer): one that holds no byte.
     """
     if len(_pool) < POOL_SIZE:
         _pool.append(pipe)
@@ -567,15 +572,41 @@ def _release_pipe(pipe: tuple[int, int, int]) -> None:
         _close_pipe(pipe)
 
 
-def _close_pipe(pipe: tuple[int, int, int]) -> None:
-    for fd in pipe[:2]:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+# The two movers.  Each has the same five operations on its "pipe" (which
+# only they look inside, but for its capacity, item 2): make one, fill it
+# from a socket, drain it into a socket, read out what it holds, close it.
+# A direction fills its pipe only when it is empty, so what a pipe holds is
+# always the tail of its last fill.
+
+# splice(2): socket -> pipe -> socket in the kernel; a pipe is (read end,
+# write end, capacity in bytes)
 
 
-def _read_out(pipe: tuple[int, int, int], size: int) -> bytes:
+def _splice_fill(fd: int, pipe: tuple[int, int, int]) -> int:
+    """
+    Move what socket C{fd} has (at most the pipe's capacity) into the empty
+    C{pipe}.
+
+    @return: bytes moved, 0 at EOF.
+    @raise BlockingIOError: nothing to read.
+    @raise OSError: the read failed (e.g. ECONNRESET).
+    """
+    return _splice(fd, pipe[1], pipe[2], None, None, _FLAGS)  # type: ignore[misc]
+
+
+def _splice_drain(pipe: tuple[int, int, int], fd: int, size: int) -> int:
+    """
+    Move up to C{size} bytes (all C{pipe} holds) from C{pipe} into socket
+    C{fd}.
+
+    @return: bytes moved.
+    @raise BlockingIOError: the socket takes nothing now.
+    @raise OSError: the write failed (e.g. EPIPE).
+    """
+    return _splice(pipe[0], fd, size, None, None, _FLAGS)  # type: ignore[misc]
+
+
+def _splice_read_out(pipe: tuple[int, int, int], size: int) -> bytes:
     """
     The C{size} bytes a pipe holds, read out of it (leaving it empty).
 
@@ -591,7 +622,15 @@ def _read_out(pipe: tuple[int, int, int], size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _make_pipe() -> tuple[int, int, int]:
+def _splice_close(pipe: tuple[int, int, int]) -> None:
+    for fd in pipe[:2]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _splice_make() -> tuple[int, int, int]:
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         capacity = fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
@@ -599,3 +638,71 @@ def _make_pipe() -> tuple[int, int, int]:
         # the default will do (64 KiB; less past pipe-user-pages-soft)
         capacity = fcntl.fcntl(w, F_GETPIPE_SZ)
     return r, w, capacity
+
+
+# copying through one buffer per busy direction: read(2) into it, write(2)
+# out of it, as socat -b does; a "pipe" is [the buffer as a memoryview,
+# bytes of the last fill, capacity in bytes, (the memoryview,) for readv]
+
+_readv = os.readv
+_write = os.write
+
+
+def _copy_fill(fd: int, pipe: list[Any]) -> int:
+    """
+    As L{_splice_fill}, into the empty buffer C{pipe}.
+    """
+    moved = pipe[1] = _readv(fd, pipe[3])
+    return moved
+
+
+def _copy_drain(pipe: list[Any], fd: int, size: int) -> int:
+    """
+    As L{_splice_drain}: the last C{size} bytes of the buffer's last fill.
+    """
+    end = pipe[1]
+    return _write(fd, pipe[0][end - size:end])
+
+
+def _copy_read_out(pipe: list[Any], size: int) -> bytes:
+    """
+    As L{_splice_read_out}.
+    """
+    end = pipe[1]
+    return bytes(pipe[0][end - size:end])
+
+
+def _copy_close(pipe: list[Any]) -> None:
+    pass  # (the buffer goes with its last reference)
+
+
+def _copy_make() -> list[Any]:
+    view = memoryview(bytearray(BUFFER_SIZE))
+    return [view, 0, BUFFER_SIZE, (view,)]
+
+
+#: which mover the fast path uses: "copy" (the default) or "splice"
+#: (EPCAT_SPLICE set).  Copying is the default because it is the faster of
+#: the two on loopback on Linux 6.18: splicing into a TCP socket costs more
+#: of the kernel's time than writing to it, on the relay's side and again on
+#: the receiver's, so that on a quiet 2-core VM splice(2) made 0.75x
+#: (UNIX->TCP) and 0.85x (TCP->TCP) of socat -b 262144's rate, and copying
+#: 0.96x and 1.06x (benchmarks/bench.py, 2026-11-23; README, Performance).
+#: Splicing uses less of the relay's own CPU time per byte from a TCP
+#: socket, which may count for more where the receiver is another machine.
+MOVER = "splice" if os.environ.get("EPCAT_SPLICE") else "copy"
+
+#: how L{MOVER} moves bytes, for C{-vv}
+MOVER_DESCRIPTION = (
+    "zero-copy with splice(2)" if MOVER == "splice"
+    else f"read(2)/write(2) through a {BUFFER_SIZE // 1024} KiB buffer"
+)
+
+if MOVER == "splice":
+    _fill, _drain, _read_out, _close_pipe, _make_pipe = (
+        _splice_fill, _splice_drain, _splice_read_out, _splice_close, _splice_make,
+    )
+else:
+    _fill, _drain, _read_out, _close_pipe, _make_pipe = (  # type: ignore[assignment]
+        _copy_fill, _copy_drain, _copy_read_out, _copy_close, _copy_make,
+    )

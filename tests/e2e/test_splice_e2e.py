@@ -29,7 +29,13 @@ from .conftest import (
 
 pytestmark = pytest.mark.e2e
 
-SPLICE_LINE = "zero-copy relay with splice(2)"
+#: what -vv says of a pair on the fast path, by mover (epcat.splice.MOVER)
+FAST_LINES = {
+    "copy": "fast path: read(2)/write(2) through a 256 KiB buffer",
+    "splice": "fast path: zero-copy with splice(2)",
+}
+#: the start of either line
+SPLICE_LINE = "] fast path: "
 
 
 def _relay(epcat_proc, backend_address: str, *extra: str, env=None):
@@ -47,22 +53,28 @@ def _relay(epcat_proc, backend_address: str, *extra: str, env=None):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
-    "no_splice, no_lean",
-    [(False, False), (False, True), (True, False)],
-    ids=["splice-lean-sockets", "splice-twisted-transports", "userspace"],
+    "mover, no_lean",
+    [("copy", False), ("copy", True), ("splice", False), ("splice", True), (None, False)],
+    ids=["copy-lean-sockets", "copy-twisted-transports", "splice-lean-sockets",
+         "splice-twisted-transports", "userspace"],
 )
-def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
+def test_bulk_integrity_and_half_close(epcat_proc, server, mover, no_lean):
     """
     32 MiB each way, the answer sent only after the upload's EOF: on the
-    zero-copy path with epcat's lean sockets (the default for tcp: to an IP
-    address), with Twisted's transports (EPCAT_NO_LEAN=1), and in userspace.
+    fast path with each mover (copying, the default; splice(2) with
+    EPCAT_SPLICE=1), with epcat's lean sockets (the default for tcp: to an
+    IP address) and with Twisted's transports (EPCAT_NO_LEAN=1), and in
+    userspace (EPCAT_NO_SPLICE=1).
     """
+    no_splice = mover is None
     size = 32 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
     srv = server(answer_after_eof(download))
     env = dict(os.environ)
     if no_splice:
         env["EPCAT_NO_SPLICE"] = "1"
+    if mover == "splice":
+        env["EPCAT_SPLICE"] = "1"
     if no_lean:
         env["EPCAT_NO_LEAN"] = "1"
     ep, port = _relay(epcat_proc, srv.address, env=env)
@@ -71,22 +83,23 @@ def test_bulk_integrity_and_half_close(epcat_proc, server, no_splice, no_lean):
     assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
     ep.wait_stderr(r"\[1\] closed: ")
-    assert (SPLICE_LINE in ep.err) is (not no_splice), ep.err
+    for name, line in FAST_LINES.items():
+        assert (line in ep.err) is (name == mover), ep.err
     no_traceback(ep.err)
 
 
 @pytest.mark.timeout(60)
 def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server):
     """
-    Room for a pair's two sockets but not for a pipe (EMFILE): the pair
-    starts on the zero-copy path, gives it up at its first splice, and goes
-    on in userspace over the same lean sockets, 4 MiB each way with
-    half-close, ending cleanly (no failure reported).
+    Room for a pair's two sockets but not for a pipe (EMFILE), with the
+    splice(2) mover: the pair starts on the fast path, gives it up at its
+    first splice, and goes on in userspace over the same lean sockets, 4 MiB
+    each way with half-close, ending cleanly (no failure reported).
     """
     size = 4 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
     srv = server(answer_after_eof(download))
-    ep, port = _relay(epcat_proc, srv.address)
+    ep, port = _relay(epcat_proc, srv.address, env=dict(os.environ, EPCAT_SPLICE="1"))
     # Once the reactor runs (it prints the SIGUSR1 table from its loop), it
     # has made every descriptor of its own: its wakers come after the
     # listening line.
@@ -100,7 +113,7 @@ def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server):
     assert srv.wait_results(1) == [hashlib.sha256(upload).hexdigest()]
     assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
     ep.wait_stderr(rf"\[1\] closed: {size} bytes inbound->outbound, {size} bytes")
-    assert "[1] zero-copy relay with splice(2)" in ep.err, ep.err
+    assert f"[1] {FAST_LINES['splice']}" in ep.err, ep.err
     assert "[1] no pipe for splice(2) (out of file descriptors?): relaying in userspace" in (
         ep.err
     ), ep.err

@@ -256,21 +256,26 @@ def settle(proc: Proc, fd_baseline: int, fd_slack: int = 0,
 
 
 def start_relay(epcat_proc: Callable[..., Proc], target: str, *args: str,
-                splice: bool = True, listen: str = "tcp:0:interface=127.0.0.1",
+                splice: bool | str = True, listen: str = "tcp:0:interface=127.0.0.1",
                 global_args: tuple[str, ...] = ("-v",), listen_args: tuple[str, ...] = (),
                 fused: bool = False, **popen: Any) -> tuple[Proc, int]:
     """
     Start C{epcat GLOBAL listen LISTEN LISTEN_ARGS connect TARGET ARGS};
     return the process and its TCP port.  C{splice=False} sets
-    EPCAT_NO_SPLICE=1 (the userspace path).  C{fused=True} runs it as a
+    EPCAT_NO_SPLICE=1 (the userspace path), C{splice="splice"} EPCAT_SPLICE=1
+    (the fast path's splice(2) mover; C{True}: its default, copying).
+    C{fused=True} runs it as a
     user would, with no global option (C{-v} takes the layered path, not
     the fused one, L{epcat.fused}): on a free port, waited for without a
     probe connection, as there is no "listening" line to read it from.
     """
     env = dict(os.environ)
     env.pop("EPCAT_NO_SPLICE", None)
+    env.pop("EPCAT_SPLICE", None)
     if not splice:
         env["EPCAT_NO_SPLICE"] = "1"
+    elif splice == "splice":
+        env["EPCAT_SPLICE"] = "1"
     if fused:
         global_args = ()
         host = listen.split(":", 2)[2] if listen.startswith("tcp:0:") else ""

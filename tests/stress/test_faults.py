@@ -47,12 +47,15 @@ SPLICE_IDS = ["splice", "userspace"]
 
 #: (splice, fused): the zero-copy path with -v (the layered one), the
 #: userspace path, and the fused path (no global option; epcat.fused)
-PATHS = [(True, False), (False, False), (True, True)]
-PATH_IDS = ["splice", "userspace", "fused"]
+#: (splice, fused) for start_relay: the fast path copying (its default) and
+#: with splice(2), the userspace path, the fused path
+PATHS = [(True, False), ("splice", False), (False, False), (True, True)]
+PATH_IDS = ["copy", "splice", "userspace", "fused"]
 
 
-def _path_id(splice: bool, fused: bool) -> str:
-    return "fused" if fused else ("splice" if splice else "userspace")
+def _path_id(splice: bool | str, fused: bool) -> str:
+    return "fused" if fused else (("splice" if splice == "splice" else "copy") if splice
+                                  else "userspace")
 
 ACCEPTED = re.compile(r"^epcat: \[(\d+)\] accepted ")
 CONNECTED = re.compile(r"^epcat: \[(\d+)\] connected to ")
@@ -390,8 +393,10 @@ def _pair_id(proc, client: socket.socket) -> str:
 @pytest.mark.parametrize(
     ("splice", "who"),
     [
-        pytest.param(True, "client", id="splice-client"),
-        pytest.param(True, "backend", id="splice-backend"),
+        pytest.param(True, "client", id="copy-client"),
+        pytest.param(True, "backend", id="copy-backend"),
+        pytest.param("splice", "client", id="splice-client"),
+        pytest.param("splice", "backend", id="splice-backend"),
         pytest.param(False, "client", id="userspace-client"),
         pytest.param(False, "backend", id="userspace-backend"),
     ],

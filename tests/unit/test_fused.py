@@ -31,7 +31,10 @@ from epcat.ui import UI
 
 WAIT = 10.0
 
-pytestmark = pytest.mark.skipif(not splice.available(), reason="splice(2) is Linux only")
+pytestmark = [
+    pytest.mark.skipif(not splice.available(), reason="splice(2) is Linux only"),
+    pytest.mark.usefixtures("mover"),
+]
 
 
 def _plan(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:

@@ -21,7 +21,10 @@ from twisted.python.failure import Failure
 from epcat import lean, splice
 from epcat.relay import Pair
 
-pytestmark = pytest.mark.skipif(not splice.available(), reason="splice(2) is Linux's")
+pytestmark = [
+    pytest.mark.skipif(not splice.available(), reason="splice(2) is Linux's"),
+    pytest.mark.usefixtures("mover"),
+]
 
 WAIT = 10.0
 

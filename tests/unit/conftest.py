@@ -1,0 +1,41 @@
+"""
+Fixtures shared by the unit tests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import pytest
+
+from epcat import fused, splice
+
+#: each mover's five operations, as epcat.splice binds them at import
+_MOVERS = {
+    "copy": (splice._copy_fill, splice._copy_drain, splice._copy_read_out,
+             splice._copy_close, splice._copy_make),
+    "splice": (splice._splice_fill, splice._splice_drain, splice._splice_read_out,
+               splice._splice_close, splice._splice_make),
+}
+
+
+@pytest.fixture(params=sorted(_MOVERS))
+def mover(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """
+    Run the test with each of the fast path's movers (L{splice.MOVER}):
+    copying through a buffer, and splice(2) through a pipe, with an empty
+    pool of the mover's own pipes.
+    """
+    name = request.param
+    fill, drain, read_out, close, make = _MOVERS[name]
+    pool: deque[Any] = deque()
+    for module in (splice, fused):
+        monkeypatch.setattr(module, "_fill", fill)
+        monkeypatch.setattr(module, "_drain", drain)
+        monkeypatch.setattr(module, "_close_pipe", close)
+        monkeypatch.setattr(module, "_make_pipe", make)
+        monkeypatch.setattr(module, "_pool", pool)
+    monkeypatch.setattr(splice, "_read_out", read_out)
+    monkeypatch.setattr(splice, "MOVER", name)
+    return name
