@@ -42,14 +42,18 @@ PATHS = pytest.mark.parametrize("path", ["fused", "layered"])
 
 
 def _relay(epcat_proc, path: str, target: str, *options: str, listen: str | None = None,
-           listen_options: tuple[str, ...] = ()):
+           listen_options: tuple[str, ...] = (), mover: str = "copy"):
     """
     Start C{epcat [options] listen tcp:PORT [listen_options] connect
-    target}; the process and the port.
+    target}; the process and the port.  C{mover="splice"} sets
+    EPCAT_SPLICE=1 (the fast path's other mover, L{epcat.splice.MOVER}).
     """
     env = dict(os.environ)
+    env.pop("EPCAT_SPLICE", None)
     if path == "layered":
         env["EPCAT_NO_FUSED"] = "1"
+    if mover == "splice":
+        env["EPCAT_SPLICE"] = "1"
     port = free_port()
     ep = epcat_proc(*options, "listen", listen or f"tcp:{port}:interface=127.0.0.1",
                     *listen_options, "connect", target, env=env)
@@ -79,15 +83,16 @@ def _one_pair_totals(size: int) -> str:
 
 @pytest.mark.timeout(60)
 @PATHS
-def test_bulk_with_half_close_and_stats(epcat_proc, server, path):
+@pytest.mark.parametrize("mover", ["copy", "splice"])
+def test_bulk_with_half_close_and_stats(epcat_proc, server, path, mover):
     """
-    32 MiB each way, the answer sent only after the upload's EOF; --stats
-    counts every byte, and SIGTERM exits 0.
+    32 MiB each way, the answer sent only after the upload's EOF, with each
+    mover; --stats counts every byte, and SIGTERM exits 0.
     """
     size = 32 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
     srv = server(answer_after_eof(download))
-    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats")
+    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats", mover=mover)
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
         _exchange_intact(client, srv, upload, download)
     ep.signal(signal.SIGTERM)
@@ -230,13 +235,14 @@ def test_unix_listener(epcat_proc, server, short_dir, path):
 @PATHS
 def test_no_pipe_left_goes_on_in_userspace(epcat_proc, server, path):
     """
-    Room for a pair's two sockets but not for a pipe (EMFILE): 4 MiB each
-    way with half-close still arrive, and nothing is reported as failed.
+    Room for a pair's two sockets but not for a pipe (EMFILE), with the
+    splice(2) mover: 4 MiB each way with half-close still arrive, and
+    nothing is reported as failed.
     """
     size = 4 * 1024 * 1024
     upload, download = os.urandom(size), os.urandom(size)
     srv = server(answer_after_eof(download))
-    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats")
+    ep, port = _relay(epcat_proc, path, f"tcp:{srv.address}", "--stats", mover="splice")
     # Once the reactor runs (it prints the SIGUSR1 table from its loop), it
     # has made every descriptor of its own.
     ep.signal(signal.SIGUSR1)

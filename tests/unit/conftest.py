@@ -36,6 +36,8 @@ def mover(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
         monkeypatch.setattr(module, "_close_pipe", close)
         monkeypatch.setattr(module, "_make_pipe", make)
         monkeypatch.setattr(module, "_pool", pool)
+        # (the message path's own copy of the choice: see _Side.doRead)
+        monkeypatch.setattr(module, "_COPY", name == "copy")
     monkeypatch.setattr(splice, "_read_out", read_out)
     monkeypatch.setattr(splice, "MOVER", name)
     return name
