@@ -14,7 +14,8 @@ machine instructions of Python per short connection (callgrind), against
 L{FusedPair} and a L{_Side} per socket, and each side is the reactor's
 descriptor for its socket, the source of the direction it reads and the
 sink of the other: accepting, a non-blocking C{connect(2)}, and the
-zero-copy engine's splice(2) moves through a pooled pipe, with the same
+fast-path engine's moves (L{epcat.splice.MOVER}) through a pooled buffer
+or pipe, with the same
 semantics:
 
   - half-close: EOF from one socket is passed on as C{shutdown(SHUT_WR)} on

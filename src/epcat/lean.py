@@ -3,7 +3,7 @@
 Lean sockets: the accepting, connecting and reading that a relay of plain
 stream sockets needs, without Twisted's per-connection machinery.
 
-A pair whose two sides are plain sockets is relayed by the zero-copy engine
+A pair whose two sides are plain sockets is relayed by the fast-path engine
 (L{epcat.splice}), which moves the bytes itself; Twisted's C{tcp.Server} and
 C{tcp.Client} then only accept, connect, read the first bytes and close, yet
 building them (connectors, wrapping protocols, address resolution, logging

@@ -236,7 +236,7 @@ class RelaySide(Protocol):
         peer = self.peer
         if peer is not None:
             if self.pair.splice_waiting:
-                # the first byte of a zero-copy pair: the engine takes it
+                # the first byte of a fast-path pair: the engine takes it
                 self._held = [data]
                 self._held_size = len(data)
                 self.pair._start_splice()
@@ -257,7 +257,7 @@ class RelaySide(Protocol):
             return
         self.lost = True
         self.lost_reason = reason
-        # (a zero-copy pair that never moved a byte ends on the normal path)
+        # (a fast-path pair that never moved a byte ends on the normal path)
         self.pair.splice_waiting = False
         if self.tls_record is not None:
             self.tls_record.remember_peer(self.transport)
@@ -492,7 +492,7 @@ class Pair:
         @param outbound_half_close: how the second side half-closes.
         @param on_event: called as C{on_event(event, pair, side)} for
             C{accepted}, C{connected}, C{handshake}, C{failed}, C{closing},
-            C{fast-path} (the zero-copy engine starts), C{fast-path-off}
+            C{fast-path} (the fast-path engine starts), C{fast-path-off}
             (it gave up: no pipe could be made) and C{closed}.
         @param idle_timeout: seconds with no byte moved either way after
             which the pair is closed (socat -T), or L{None}.
@@ -532,11 +532,11 @@ class Pair:
         #: every open pair, when this one is one of many (for the dump's
         #: connection ids)
         self.all_pairs: Collection[Pair] | None = None
-        #: may the zero-copy path be used (nothing needs to see the bytes)?
+        #: may the fast path be used (nothing needs to see the bytes)?
         self.fast_path = False
         #: the L{epcat.splice.SpliceEngine} while it relays this pair
         self.splice: Any = None
-        #: joined for the zero-copy path, which starts at the first byte or
+        #: joined for the fast path, which starts at the first byte or
         #: EOF (an idle pair costs no engine)
         self.splice_waiting = False
         self.outbound_failure: Failure | None = None
@@ -629,7 +629,7 @@ class Pair:
 
     def _start_splice(self) -> None:
         """
-        Hand the joined pair to the zero-copy engine, with what either side
+        Hand the joined pair to the fast-path engine, with what either side
         has read so far (see L{RelaySide.dataReceived}).
         """
         self.splice_waiting = False

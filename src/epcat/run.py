@@ -212,7 +212,7 @@ def raise_fd_limit() -> int | None:
     """
     Raise the soft RLIMIT_NOFILE to the hard limit, so that one process can
     hold as many connections as the system lets it (each relayed pair takes
-    two file descriptors, four while the zero-copy path moves data).
+    two file descriptors, four while the fast path moves data with splice(2)).
 
     @return: the soft limit now in force, or L{None} if it cannot be read.
     """
@@ -415,7 +415,7 @@ class Runner:
 
     def _zero_copy_wanted(self) -> bool:
         """
-        May pairs take the zero-copy path (L{epcat.splice}): nothing needs to
+        May pairs take the fast path (L{epcat.splice}): nothing needs to
         see their bytes?
         """
         wanted = self._zero_copy
@@ -899,7 +899,7 @@ class Runner:
         )
         pair.tap = self.tap
         pair.all_pairs = self.pairs
-        # zero-copy when nothing needs to see the bytes (see epcat.splice)
+        # the fast path when nothing needs to see the bytes (see epcat.splice)
         pair.fast_path = self._zero_copy_wanted()
         if self.plan.mode == modes.TUNNEL:
             pair.inbound.is_client = True

@@ -1,5 +1,5 @@
 """
-The zero-copy fast path (epcat.splice): integrity, half-close, backpressure,
+The fast path (epcat.splice, both movers): integrity, half-close, backpressure,
 and the fallback to the normal path when something must see the bytes.
 """
 

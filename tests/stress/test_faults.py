@@ -43,12 +43,9 @@ from .conftest import (
 
 pytestmark = pytest.mark.stress
 
-SPLICE_IDS = ["splice", "userspace"]
-
-#: (splice, fused): the zero-copy path with -v (the layered one), the
-#: userspace path, and the fused path (no global option; epcat.fused)
-#: (splice, fused) for start_relay: the fast path copying (its default) and
-#: with splice(2), the userspace path, the fused path
+#: (splice, fused) for start_relay: the fast path with -v (the layered one),
+#: copying (its default mover) and with splice(2); the userspace path; and
+#: the fused path (no global option; epcat.fused)
 PATHS = [(True, False), ("splice", False), (False, False), (True, True)]
 PATH_IDS = ["copy", "splice", "userspace", "fused"]
 

@@ -47,7 +47,8 @@ IN_FLIGHT = 256
 FD_SLACK = 10
 RSS_SLACK_KIB = 32 * 1024
 
-SPLICE_IDS = ["splice", "userspace"]
+#: the fast path (its default mover, copying) and the userspace path
+SPLICE_IDS = ["fast", "userspace"]
 
 #: descriptors epcat may hold besides its pairs' sockets
 EPCAT_OWN_FDS = 128

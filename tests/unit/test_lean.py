@@ -660,7 +660,7 @@ def test_tcp_client_cancelled_while_resolving(reactor: Any) -> None:
 
 def test_splice_start_whose_first_write_fails(reactor: Any) -> None:
     """
-    A zero-copy pair whose held bytes cannot be written (the outbound peer
+    A fast-path pair whose held bytes cannot be written (the outbound peer
     is gone) stops the engine at start; the other direction, at rest, is
     left alone rather than registered with a stopped engine.
     """

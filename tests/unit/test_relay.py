@@ -852,7 +852,7 @@ def test_pause_until_joined_then_join_resumes() -> None:
 
 def test_pause_until_joined_then_zero_copy_join_resumes() -> None:
     """
-    A zero-copy pair joined with nothing read yet waits for the first byte
+    A fast-path pair joined with nothing read yet waits for the first byte
     before starting the engine: a side paused until the join (the outbound
     was retried, or the pair queued) must read again, or that byte never
     comes.

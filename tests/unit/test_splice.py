@@ -1,5 +1,6 @@
 """
-Tests for L{epcat.splice}, the zero-copy engine, driven by hand on real
+Tests for L{epcat.splice}, the fast-path engine (each test with both
+movers: tests/unit/conftest.py), driven by hand on real
 socket pairs with an in-memory reactor: each test calls C{doRead} as the
 reactor would.  (End to end, with real relays: tests/e2e/test_splice_e2e.py.)
 """
