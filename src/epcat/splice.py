@@ -707,11 +707,10 @@ MOVER_DESCRIPTION = (
     else f"read(2)/write(2) through a {BUFFER_SIZE // 1024} KiB buffer"
 )
 
-if MOVER == "splice":
-    _fill, _drain, _read_out, _close_pipe, _make_pipe = (
-        _splice_fill, _splice_drain, _splice_read_out, _splice_close, _splice_make,
-    )
-else:
-    _fill, _drain, _read_out, _close_pipe, _make_pipe = (  # type: ignore[assignment]
-        _copy_fill, _copy_drain, _copy_read_out, _copy_close, _copy_make,
-    )
+#: each mover's operations: fill, drain, read out, close, make
+MOVERS: dict[str, tuple[Any, ...]] = {
+    "copy": (_copy_fill, _copy_drain, _copy_read_out, _copy_close, _copy_make),
+    "splice": (_splice_fill, _splice_drain, _splice_read_out, _splice_close, _splice_make),
+}
+
+_fill, _drain, _read_out, _close_pipe, _make_pipe = MOVERS[MOVER]

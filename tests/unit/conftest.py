@@ -11,16 +11,7 @@ import pytest
 
 from epcat import fused, splice
 
-#: each mover's five operations, as epcat.splice binds them at import
-_MOVERS = {
-    "copy": (splice._copy_fill, splice._copy_drain, splice._copy_read_out,
-             splice._copy_close, splice._copy_make),
-    "splice": (splice._splice_fill, splice._splice_drain, splice._splice_read_out,
-               splice._splice_close, splice._splice_make),
-}
-
-
-@pytest.fixture(params=sorted(_MOVERS))
+@pytest.fixture(params=sorted(splice.MOVERS))
 def mover(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """
     Run the test with each of the fast path's movers (L{splice.MOVER}):
@@ -28,7 +19,7 @@ def mover(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     pool of the mover's own pipes.
     """
     name = request.param
-    fill, drain, read_out, close, make = _MOVERS[name]
+    fill, drain, read_out, close, make = splice.MOVERS[name]
     pool: deque[Any] = deque()
     for module in (splice, fused):
         monkeypatch.setattr(module, "_fill", fill)
