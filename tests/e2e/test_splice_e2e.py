@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 
 #: what -vv says of a pair on the fast path, by mover (epcat.splice.MOVER)
 FAST_LINES = {
-    "copy": "fast path: read(2)/write(2) through a 256 KiB buffer",
+    "copy": "fast path: read(2)/write(2) through a 1 MiB buffer",
     "splice": "fast path: zero-copy with splice(2)",
 }
 #: the start of either line
