@@ -700,9 +700,9 @@ def _copy_make() -> list[Any]:
 #: (EPCAT_SPLICE set).  Copying is the default because it is the faster of
 #: the two on loopback on Linux 6.18: splicing into a TCP socket costs more
 #: of the kernel's time than writing to it, on the relay's side and again on
-#: the receiver's, so that on a quiet 2-core VM splice(2) made 0.74x
-#: (UNIX->TCP) and 0.80x (TCP->TCP) of socat -b 262144's rate, and copying
-#: 0.96x and 0.99x (benchmarks/bench.py, 2026-11-23; README, Performance).
+#: the receiver's, so that on a quiet 2-core VM splice(2) made 0.72x
+#: (UNIX->TCP) and 0.82x (TCP->TCP) of socat -b 262144's rate, and copying
+#: 1.00x and 1.11x (benchmarks/bench.py, 2026-11-23; README, Performance).
 #: Splicing uses less of the relay's own CPU time per byte from a TCP
 #: socket, which may count for more where the receiver is another machine.
 MOVER = "splice" if os.environ.get("EPCAT_SPLICE") else "copy"
