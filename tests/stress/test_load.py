@@ -255,7 +255,7 @@ def test_concurrent_relayed_connections(epcat_proc, backend, splice, fused):
         rss_after = rss_kib(proc.pid)
         rounds.append((rss_peak, rss_after))
         figure(
-            f"load[{'fused' if fused else 'splice' if splice else 'userspace'}] "
+            f"load[{'fused' if fused else 'fast' if splice else 'userspace'}] "
             f"round {len(rounds)}",
             connections_held=held if n == target else f"{held} (of {target}: the hard fd "
             f"limit here allows no more)",
@@ -320,7 +320,7 @@ def test_idle_pair_costs_two_descriptors(epcat_proc, backend, splice):
     finally:
         for s in socks:
             s.close()
-    figure(f"idle-pair-fds[{'splice' if splice else 'userspace'}]",
+    figure(f"idle-pair-fds[{'fast' if splice else 'userspace'}]",
            idle_pairs=n, descriptors_per_pair=per_pair, kinds=kinds)
     assert per_pair <= 2.0, f"{per_pair} descriptors per idle pair: {kinds}"
 
@@ -512,7 +512,7 @@ def test_fd_exhaustion(spawn, backend, splice):
     killed = [line for line in proc.stderr.lines if KILLED_LINE.search(line)]
     bursts_possible = int(pressure / EMFILE_PAUSE) + 2
     figure(
-        f"fd-exhaustion[{'splice' if splice else 'userspace'}]",
+        f"fd-exhaustion[{'fast' if splice else 'userspace'}]",
         fd_limit=limit,
         connections_held=len(held),
         clients_turned_away=turned_away + refused[0],
