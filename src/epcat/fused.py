@@ -66,7 +66,7 @@ from epcat.status import ExitStatus, classify
 
 _fill = splice._fill
 _drain = splice._drain
-_COPY = splice.MOVER == "copy"
+_COPY = splice._COPY
 _readv = splice._readv
 _write = splice._write
 _splice = splice._splice
