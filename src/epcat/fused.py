@@ -54,6 +54,7 @@ import _socket
 import errno
 import os
 import socket
+import struct
 from typing import Any
 
 from twisted.internet import defer, error
@@ -79,6 +80,13 @@ POOL_SIZE = splice.POOL_SIZE
 ROUNDS = splice.ROUNDS
 
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)
+
+#: struct tcp_info (linux/tcp.h): eight single bytes, then 32-bit fields, of
+#: which tcpi_last_data_sent, tcpi_last_ack_sent and tcpi_last_data_recv
+#: (milliseconds ago) are the tenth to the twelfth
+_LAST_DATA = struct.Struct("=III")
+_LAST_DATA_OFFSET = 8 + 9 * 4
+_TCP_INFO_SIZE = _LAST_DATA_OFFSET + _LAST_DATA.size
 
 
 def eligible(runner: Any, client: Any) -> bool:
@@ -258,9 +266,9 @@ class _Side:
         The socket is readable: move what it has on to the other one.
 
         As L{epcat.splice._End.doRead}: the common case (a request or a
-        response, the direction at rest) is one read into a pooled pipe, one
-        write out of it and the pipe back to the pool; anything else goes on
-        in L{_pump}.
+        response, the direction at rest) is one read into the pool's last
+        pipe, left in the pool, and one write out of it; anything else goes
+        on in L{_pump}.
         """
         pair = self.pair
         sink = self.other
@@ -274,31 +282,32 @@ class _Side:
         if self.pipe is not None or self.pending or self.eof or self.done:
             self._pump(True)
             return
+        # The move goes through the pool's last pipe, left in the pool: it
+        # is taken out only if bytes are left in it (the sink took less, or
+        # the read filled it), so a move that drains needs no pool work.
         if _pool:
-            pipe = _pool.pop()
+            pipe = _pool[-1]
         else:
             try:
                 pipe = _make_pipe()
             except OSError:
                 self._pump(True)  # (out of descriptors: its fallback)
                 return
+            _pool.append(pipe)
         try:
             # (the mover's fill and drain written out here, not called: this
             # runs for every request and response; see epcat.splice)
             if _COPY:
-                moved = pipe[1] = _readv(self.fd, pipe[3])
+                moved = _readv(self.fd, pipe[3])
             else:
                 moved = _splice(self.fd, pipe[1], pipe[2], None, None, _FLAGS)
         except BlockingIOError:
-            _pool.append(pipe)  # (its place in the pool is still free)
             return
         except OSError as e:
-            _release_pipe(pipe)
             pair._failed(self, e)
             return
         if not moved:
             self.eof = True
-            _release_pipe(pipe)
             self._ended()
             return
         try:
@@ -310,17 +319,15 @@ class _Side:
             written = 0
         except OSError as e:
             self.bytes_received += moved
-            _close_pipe(pipe)
+            _close_pipe(_pool.pop())  # (it holds what the sink refused)
             pair._failed(sink, e)
             return
         self.bytes_received += moved
-        pair.last_activity = pair.relay.reactor.seconds()
         if written == moved and moved < pipe[2]:
-            if len(_pool) < POOL_SIZE:
-                _pool.append(pipe)
-            else:
-                _close_pipe(pipe)
-            return
+            return  # (drained: the pipe stays in the pool)
+        _pool.pop()  # (this direction holds it now)
+        if _COPY:
+            pipe[1] = moved  # (the copying mover's size of the last fill)
         self.in_pipe = moved - written
         self.pipe = pipe
         self._pump()
@@ -433,7 +440,6 @@ class _Side:
                         else:
                             self.pending = data
                             self.bytes_received += len(data)
-                            pair.last_activity = pair.relay.reactor.seconds()
                         continue
                 moved = _fill(self.fd, self.pipe)
                 if not moved:
@@ -442,7 +448,6 @@ class _Side:
                 drained = moved < self.pipe[2]
                 self.in_pipe += moved
                 self.bytes_received += moved
-                pair.last_activity = pair.relay.reactor.seconds()
             else:
                 # more may be waiting: let the reactor call again
                 busy = bool(self.in_pipe or self.pending)
@@ -547,7 +552,7 @@ class FusedPair:
     """
 
     __slots__ = (
-        "relay", "conn_id", "inbound", "outbound", "started_at", "last_activity",
+        "relay", "conn_id", "inbound", "outbound", "started_at",
         "first_closer", "joined", "quiet", "close_reason", "finished", "_done",
         "_done_fired", "_watched",
     )
@@ -557,7 +562,7 @@ class FusedPair:
         self.conn_id = conn_id
         self.inbound: _Side = None  # type: ignore[assignment]  (set at once)
         self.outbound: _Side | None = None
-        self.started_at = self.last_activity = relay.reactor.seconds()
+        self.started_at = relay.reactor.seconds()
         self.first_closer: str | None = None
         self.joined = False
         #: failures are not worth reporting (epcat is stopping)
@@ -568,6 +573,30 @@ class FusedPair:
         self._done_fired = False
         #: the outbound endpoint's timer is watching the connect
         self._watched = False
+
+    @property
+    def last_activity(self) -> float:
+        """
+        Reactor seconds when bytes last moved either way (what the drain on
+        SIGTERM asks, L{epcat.run.Runner._drain_idle}), from the kernel:
+        the outbound socket carries every byte the pair moves, and its
+        C{TCP_INFO} says how long ago it last sent and last received data
+        (C{tcpi_last_data_sent}, C{tcpi_last_data_recv}, in milliseconds;
+        linux/tcp.h C{struct tcp_info}).  Asked, not noted on every read:
+        noting the time costs a kept-alive request a tenth of the Python
+        epcat spends on it.  Before the outbound connection is up, or once
+        its socket is closed, when the pair started.
+        """
+        outbound = self.outbound
+        if outbound is None or outbound.connected_at is None:
+            return self.started_at
+        try:
+            info = outbound.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+        except OSError:
+            return self.started_at
+        sent, _ack_sent, received = _LAST_DATA.unpack_from(info, _LAST_DATA_OFFSET)
+        now = self.relay.reactor.seconds()
+        return max(self.started_at, now - min(sent, received) / 1000)
 
     @property
     def done(self) -> defer.Deferred[Any]:

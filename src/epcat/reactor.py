@@ -145,6 +145,9 @@ class EPollReactor(epollreactor.EPollReactor):
         Twisted's.
         """
         selectables = self._selectables
+        # (Twisted's EPollReactor makes its poller once, in __init__)
+        poll = self._poller.poll
+        plain_in = _IN
         while self._started:
             try:
                 while self._started:
@@ -162,14 +165,15 @@ class EPollReactor(epollreactor.EPollReactor):
                         continue
                     # (what doIteration(None) does: wait with no limit)
                     try:
-                        events = self._poller.poll(-1, len(selectables))
+                        events = poll(-1, len(selectables))
                     except InterruptedError:
                         continue
                     for fd, event in events:
-                        selectable = selectables.get(fd)
-                        if selectable is None:
-                            continue
-                        if event != _IN:
+                        try:
+                            selectable = selectables[fd]
+                        except KeyError:
+                            continue  # (an earlier handler of this round removed it)
+                        if event != plain_in:
                             self._dispatch(selectable, fd, event)
                             continue
                         try:

@@ -148,13 +148,13 @@ class _End:
         The socket is readable: move what it has on to the other one.
 
         The common case, a direction at rest (a request, a response), is
-        handled here in one go: one read into a pooled pipe, one write out
-        of it, and the pipe back to the pool, with the interest left as it
-        is (reading the source, not waiting on the sink).  Anything else
+        handled here in one go: one read into the pool's last pipe, left in
+        the pool, and one write out of it, with the interest left as it is
+        (reading the source, not waiting on the sink).  Anything else
         (held bytes, EOF, a sink that takes less, a read that fills the
         pipe) goes on in L{SpliceEngine._pump}.  (This runs for every
         request and response of a kept-alive pair, so it is written flat:
-        no calls beyond the two splices when the pool has a pipe.)
+        no calls beyond the read and the write when the pool has a pipe.)
         """
         engine = self.engine
         d = self.reads
@@ -163,32 +163,33 @@ class _End:
         if d.pipe is not None or d.pending or d.eof or d.done or engine.stopped:
             engine._pump(d, True)
             return
+        # The move goes through the pool's last pipe, left in the pool: it
+        # is taken out only if bytes are left in it (the sink took less, or
+        # the read filled it), so a move that drains needs no pool work.
         if _pool:
-            pipe = _pool.pop()
+            pipe = _pool[-1]
         else:
             try:
                 pipe = _make_pipe()
             except OSError:
                 engine._pump(d, True)  # (out of descriptors: its fallback)
                 return
+            _pool.append(pipe)
         try:
             # (the mover's fill and drain written out here, not called: this
             # runs for every request and response)
             if _COPY:
-                moved = pipe[1] = _readv(self.fd, pipe[3])
+                moved = _readv(self.fd, pipe[3])
             else:
                 moved = _splice(self.fd, pipe[1], pipe[2], None, None, _FLAGS)
         except BlockingIOError:
-            _pool.append(pipe)  # (its place in the pool is still free)
             return
         except OSError as e:
-            _release_pipe(pipe)
             engine._failed(self, Failure(e))
             return
         if not moved:
             # EOF, with nothing held (the direction was at rest)
             d.eof = True
-            _release_pipe(pipe)
             engine._direction_ended(d)
             return
         # (passed on before it is counted: the bookkeeping is not in the
@@ -202,18 +203,19 @@ class _End:
             written = 0
         except OSError as e:
             self.side.bytes_received += moved
+            _pool.pop()  # (the direction holds what the sink refused)
+            if _COPY:
+                pipe[1] = moved
             d.pipe, d.in_pipe = pipe, moved
             engine._failed(d.sink, Failure(e))
             return
         self.side.bytes_received += moved
         engine.pair.last_activity = engine.reactor.seconds()
         if written == moved and moved < pipe[2]:
-            # drained: at rest again
-            if len(_pool) < POOL_SIZE:
-                _pool.append(pipe)
-            else:
-                _close_pipe(pipe)
-            return
+            return  # (drained: at rest again, the pipe still in the pool)
+        _pool.pop()  # (this direction holds it now)
+        if _COPY:
+            pipe[1] = moved  # (the copying mover's size of the last fill)
         d.in_pipe = moved - written
         d.pipe = pipe
         engine._pump(d)

@@ -446,6 +446,98 @@ def test_backpressure(relay: Relay, backend: socket.socket) -> None:
     server.close()
 
 
+def test_requests_and_responses_reuse_one_pipe_in_the_pool(
+    relay: Relay, backend: socket.socket
+) -> None:
+    """
+    A kept-alive exchange moves each request and response through the
+    pool's last pipe and leaves it there: the pool holds the one pipe made
+    for the first move, the pair holds none between moves, and a move that
+    leaves bytes behind takes the pipe out of the pool.
+    """
+    client, server = _serve_one(relay, backend)
+    pair = relay.pair()
+    pool = fused._pool
+    for i in range(5):
+        request = b"request %d" % i
+        client.sendall(request)
+        got = bytearray()
+        _run_until(relay.reactor, lambda: got.extend(_nonblocking_recv(server)) or (
+            bytes(got) == request))
+        response = b"response %d" % i
+        server.sendall(response)
+        got = bytearray()
+        _run_until(relay.reactor, lambda: got.extend(_nonblocking_recv(client)) or (
+            bytes(got) == response))
+        if i == 0:
+            (first,) = pool
+        assert list(pool) == [first]
+        assert pair.inbound.pipe is None and pair.outbound.pipe is None
+    # a sink that takes less (a client that does not read): the direction
+    # keeps the pipe until it has drained
+    server.setblocking(False)
+    payload = bytes(range(256)) * (32 * 1024)  # 8 MiB
+    sent = 0
+    for _ in range(200):
+        try:
+            sent += server.send(payload[sent:])
+        except BlockingIOError:
+            pass
+        _dispatch_once(relay.reactor)
+        if pair.outbound.pipe is not None:
+            break
+    assert pair.outbound.pipe is first and first not in pool
+    received = bytearray()
+
+    def step() -> bool:
+        nonlocal sent
+        if sent < len(payload):
+            try:
+                sent += server.send(payload[sent:])
+            except BlockingIOError:
+                pass
+        received.extend(_nonblocking_recv(client))
+        return len(received) == len(payload)
+
+    _run_until(relay.reactor, step, timeout=60)
+    assert bytes(received) == payload
+    _run_until(relay.reactor, lambda: pair.outbound.pipe is None)
+    assert first in pool
+
+
+def test_last_activity_is_when_bytes_last_moved(
+    relay: Relay, backend: socket.socket
+) -> None:
+    """
+    A pair's C{last_activity} (what the drain on SIGTERM asks) comes from
+    the kernel's account of when the outbound socket last sent or received
+    data: a pair that has just moved bytes was active just now, in reactor
+    seconds, however long ago it started.
+    """
+    client, server = _serve_one(relay, backend)
+    pair = relay.pair()
+    assert pair.started_at == relay.reactor.seconds()
+    relay.reactor.advance(1000)
+    client.sendall(b"ping")
+    got = bytearray()
+    _run_until(relay.reactor, lambda: got.extend(_nonblocking_recv(server)) or got == b"ping")
+    now = relay.reactor.seconds()
+    assert now - 5 < pair.last_activity <= now
+    # no earlier than the pair's start, whatever the clocks say
+    relay.reactor.advance(-1000)
+    assert pair.last_activity == pair.started_at
+
+
+def test_last_activity_before_the_connection_is_made(connecting: Any) -> None:
+    """
+    While the outbound connection is being made, a pair was last active
+    when it started.
+    """
+    relay, client, pair = connecting
+    relay.reactor.advance(50)
+    assert pair.last_activity == pair.started_at
+
+
 def test_no_pipe_copies_through_userspace(
     monkeypatch: pytest.MonkeyPatch, relay: Relay, backend: socket.socket
 ) -> None:
