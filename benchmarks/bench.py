@@ -3,8 +3,8 @@
 epcat beside socat, haproxy and no relay at all, on loopback.
 
     python benchmarks/bench.py [--quick] [--rounds N] [--chart FILE.png]
-                               [--candidates epcat,epcat-workers,epcat-splice,socat,
-                                             socat-b256k,haproxy,direct]
+                               [--candidates epcat,epcat-workers,epcat-splice,python-loop,
+                                             socat,socat-b256k,haproxy,direct]
                                [--workloads startup,bulk,unix,http,memory]
                                [--json FILE]
 
@@ -18,6 +18,10 @@ Candidates (each relays 127.0.0.1:RELAY to 127.0.0.1:BACKEND):
     epcat-splice the same as epcat with EPCAT_SPLICE=1 (its fast path moves
                  bytes with splice(2) rather than copying them), for the bulk
                  workloads (bulk, unix)
+    python-loop  benchmarks/pyloop.py: the least a relay in Python can do (one
+                 epoll loop, os.readv/os.write, no Twisted, no bookkeeping), a
+                 reference for what the interpreter alone costs; for the bulk
+                 and HTTP workloads (bulk, unix, http)
     socat        socat TCP-LISTEN:RELAY,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:BACKEND
     socat-b256k  the same with -b 262144
     haproxy      haproxy -db, mode tcp, from a written config
@@ -53,9 +57,9 @@ seconds, so they run for 1 s rather than 0.3 s).  With --chart the script draws 
 grouped bar chart (matplotlib: pip install -e '.[bench]') of epcat, socat and
 haproxy normalised to socat = 1.  With more than one round it also prints
 each figure's run-to-run spread, and epcat's figure over socat's, socat -b
-262144's and haproxy's taken round by round (median and range): the two of
-a round are measured minutes apart at most, so a slow spell of the host
-touches both.  On Linux it also says how much CPU time the hypervisor took
+262144's, haproxy's and the bare Python loop's taken round by round (median
+and range): the two of a round are measured minutes apart at most, so a
+slow spell of the host touches both.  On Linux it also says how much CPU time the hypervisor took
 from this machine (steal, from /proc/stat) during each measurement, naming
 those that lost 2 % or more: a virtual machine's figures move with its
 neighbours' load, which its own load average does not show.
@@ -94,20 +98,25 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 STREAMTOOLS = HERE / "streamtools.py"
+PYLOOP = HERE / "pyloop.py"
 
-ALL_CANDIDATES = ("epcat", "epcat-workers", "epcat-splice", "socat", "socat-b256k", "haproxy",
-                  "direct")
-RELAYS = ("epcat", "epcat-workers", "epcat-splice", "socat", "socat-b256k", "haproxy")
+ALL_CANDIDATES = ("epcat", "epcat-workers", "epcat-splice", "python-loop", "socat",
+                  "socat-b256k", "haproxy", "direct")
+RELAYS = ("epcat", "epcat-workers", "epcat-splice", "python-loop", "socat", "socat-b256k",
+          "haproxy")
 #: the workloads that relay TCP to TCP
 TCP_WORKLOADS = ("bulk", "http")
 #: Candidates measured only where they differ from another, and their
 #: workloads: epcat --workers shares a TCP port (its UNIX listener, memory
-#: and start-up are epcat's); EPCAT_SPLICE changes only how bulk bytes move.
-ONLY = {"epcat-workers": TCP_WORKLOADS, "epcat-splice": ("bulk", "unix")}
+#: and start-up are epcat's); EPCAT_SPLICE changes only how bulk bytes move;
+#: the bare Python loop is a reference for the relaying itself.
+ONLY = {"epcat-workers": TCP_WORKLOADS, "epcat-splice": ("bulk", "unix"),
+        "python-loop": ("bulk", "unix", "http")}
 LABELS = {
     "epcat": "epcat",
     "epcat-workers": f"epcat --workers {os.cpu_count() or 1}",
     "epcat-splice": "epcat, EPCAT_SPLICE=1",
+    "python-loop": "bare Python loop",
     "socat": "socat (default)",
     "socat-b256k": "socat -b 262144",
     "haproxy": "haproxy",
@@ -540,6 +549,11 @@ class Bench:
         if "epcat-splice" in self.candidates:
             self.notes.append(f"{LABELS['epcat-splice']}: the bulk workloads only (the "
                               "variable changes only how the fast path moves bytes)")
+        if "python-loop" in self.candidates:
+            self.notes.append(f"{LABELS['python-loop']}: benchmarks/pyloop.py, an epoll loop "
+                              "with os.readv/os.write and nothing else (no Twisted, no "
+                              "counts or reports), what the interpreter alone costs; the "
+                              "bulk and HTTP workloads only")
         if self.tools["nginx"] and self.tools["ab"]:
             self.nginx_port = self._start_nginx()
         if any(c in RELAYS for c in self.candidates):
@@ -602,6 +616,8 @@ http {{
             prefix = ["env", "EPCAT_SPLICE=1"] if candidate == "epcat-splice" else []
             return [*prefix, self.epcat, "listen", *workers, server,
                     "connect", f"tcp:127.0.0.1:{backend}"]
+        if candidate == "python-loop":
+            return [sys.executable, str(PYLOOP), kind, str(where), str(backend)]
         if candidate in ("socat", "socat-b256k"):
             socat = self.tools["socat"]
             assert socat is not None
@@ -1025,7 +1041,7 @@ def spread_table(bench: Bench, figs: list[Figure]) -> str:
 
 
 #: what epcat is set beside, round by round, in paired_table
-PAIRED = ("socat", "socat-b256k", "haproxy")
+PAIRED = ("socat", "socat-b256k", "haproxy", "python-loop")
 
 
 def paired_table(bench: Bench, figs: list[Figure]) -> str:

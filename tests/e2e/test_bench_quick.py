@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 SKETCH = BENCH.with_name("fused_sketch.py")
+PYLOOP = BENCH.with_name("pyloop.py")
 
 #: Row label prefixes, and whether the direct baseline has a figure there.
 ROWS = {
@@ -189,6 +191,60 @@ def test_fused_sketch_relays(spawn, server) -> None:
             client.sendall(b"request %d" % n)
             client.shutdown(socket.SHUT_WR)
             assert recv_all(client) == b"request %d" % n
+
+
+@pytest.mark.timeout(60)
+def test_pyloop_relays(spawn, server, tmp_path: Path) -> None:
+    """
+    benchmarks/pyloop.py (the benchmark's bare Python loop, the reference
+    for what the interpreter alone costs) relays correctly, or its figures
+    would mean nothing: from TCP and from a UNIX socket, a request and its
+    half-close reach an echo backend and the answer and EOF come back; and
+    8 MiB echoed to a client that reads only once it has sent everything
+    (so the loop must wait on a sink that takes less) comes back whole.
+    """
+
+    def echo(conn: socket.socket) -> None:
+        while True:
+            data = conn.recv(1 << 16)
+            if not data:
+                break
+            conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+
+    srv = server(echo)
+    backend = srv.address.rsplit(":", 1)[1]
+    port = free_port()
+    path = tmp_path / "pyloop.sock"
+    for argv in (["tcp", port], ["unix", path]):
+        proc = spawn([sys.executable, PYLOOP, *argv, backend], name="pyloop")
+        proc.wait_stderr(r"^pyloop: listening on ")
+
+    def dial(unix: bool, rcvbuf: int = 0) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(WAIT)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect(str(path) if unix else ("127.0.0.1", port))
+        return sock
+
+    for unix in (False, True):
+        with dial(unix) as client:
+            client.sendall(b"request")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"request"
+    payload = os.urandom(8 << 20)
+    # (a small receive window: the loop's writes to the client take less)
+    with dial(False, rcvbuf=4096) as client:
+
+        def send() -> None:
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        assert recv_all(client) == payload
+        sender.join(WAIT)
 
 
 def markdown_table(out: str, header_prefix: str) -> tuple[list[str], list[list[str]]]:
