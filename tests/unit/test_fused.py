@@ -458,17 +458,15 @@ def test_requests_and_responses_reuse_one_pipe_in_the_pool(
     client, server = _serve_one(relay, backend)
     pair = relay.pair()
     pool = fused._pool
+    def relayed(data: bytes, sender: socket.socket, receiver: socket.socket) -> None:
+        sender.sendall(data)
+        got = bytearray()
+        _run_until(relay.reactor, lambda: got.extend(_nonblocking_recv(receiver)) or (
+            bytes(got) == data))
+
     for i in range(5):
-        request = b"request %d" % i
-        client.sendall(request)
-        got = bytearray()
-        _run_until(relay.reactor, lambda: got.extend(_nonblocking_recv(server)) or (
-            bytes(got) == request))
-        response = b"response %d" % i
-        server.sendall(response)
-        got = bytearray()
-        _run_until(relay.reactor, lambda: got.extend(_nonblocking_recv(client)) or (
-            bytes(got) == response))
+        relayed(b"request %d" % i, client, server)
+        relayed(b"response %d" % i, server, client)
         if i == 0:
             (first,) = pool
         assert list(pool) == [first]
