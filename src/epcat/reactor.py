@@ -165,7 +165,7 @@ class EPollReactor(epollreactor.EPollReactor):
                         continue
                     # (what doIteration(None) does: wait with no limit)
                     try:
-                        events = poll(-1, len(selectables))
+                        events = poll(None, len(selectables))
                     except InterruptedError:
                         continue
                     for fd, event in events:
