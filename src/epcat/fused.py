@@ -32,6 +32,8 @@ semantics:
     takes time is made (off loopback) is held, up to
     L{epcat.relay.HOLD_LIMIT} bytes, and passed on first, an EOF after it;
     a client that resets meanwhile stops the attempt, quietly;
+  - TCP sockets get C{TCP_NODELAY}, as on the layered path's lean sockets
+    (L{epcat.lean});
   - a pair that holds no bytes holds no pipe, and when no pipe can be made
     (out of descriptors) a direction copies through userspace instead;
   - the runner's bookkeeping: a fused pair is one of L{epcat.run.Runner}'s
@@ -178,6 +180,8 @@ class FusedRelay:
             sock.close()
             return
         sock.setblocking(False)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pair = FusedPair(self, next(runner._ids))
         inbound = pair.inbound = _Side(pair, "inbound", sock, family, address)
         inbound.connected_at = pair.started_at
@@ -629,6 +633,7 @@ class FusedPair:
             return
         outbound = self.outbound = _Side(self, "outbound", sock, relay.family, relay.destination)
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if client.bind_address is not None:
                 sock.bind(client.bind_address)
             err = sock.connect_ex(relay.destination)

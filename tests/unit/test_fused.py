@@ -590,6 +590,17 @@ def test_closed_pair_is_let_go(relay: Relay, backend: socket.socket) -> None:
     assert pair.inbound.pair is None and pair.inbound.other is None
 
 
+def test_tcp_sockets_send_at_once(relay: Relay, backend: socket.socket) -> None:
+    """
+    Both TCP sockets of a pair have Nagle's algorithm off (C{TCP_NODELAY}),
+    as the layered path's lean sockets do.
+    """
+    _serve_one(relay, backend)
+    pair = relay.pair()
+    for side in (pair.inbound, pair.outbound):
+        assert side.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 def test_table_and_addresses(relay: Relay, backend: socket.socket) -> None:
     """
     The SIGUSR1 table asks each side for its peer through C{transport}.

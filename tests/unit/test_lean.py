@@ -332,6 +332,7 @@ def test_accept_with_sockets(reactor: Any) -> None:
         transports = [r for r in reactor.getReaders() if isinstance(r, lean.SocketTransport)]
         assert len(transports) == 1
         accepted = transports[0]
+        assert accepted.getTcpNoDelay()  # (as haproxy and nginx's stream proxy)
         assert accepted.getPeer() == built[0]
         assert accepted.getHost() == IPv4Address("TCP", "127.0.0.1", address.port)
         second.settimeout(WAIT)
@@ -496,6 +497,7 @@ def test_tcp_client_connected_at_once(reactor: Any, listener: socket.socket) -> 
     assert not [c for c in reactor.getDelayedCalls() if c.active()]
     transport = protocol.transport
     assert transport in reactor.getReaders()
+    assert transport.getTcpNoDelay()
     _reads_from_its_server(listener, transport, protocol)
 
 
