@@ -78,7 +78,6 @@ _pool = splice._pool
 _make_pipe = splice._make_pipe
 _release_pipe = splice._release_pipe
 _close_pipe = splice._close_pipe
-POOL_SIZE = splice.POOL_SIZE
 ROUNDS = splice.ROUNDS
 
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK)

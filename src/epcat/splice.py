@@ -554,11 +554,11 @@ class SpliceEngine:
 
 
 #: empty pipes (or buffers) kept for the next direction that has bytes to
-#: move (a deque, not a list: a kept-alive pair takes the one pipe in the pool
-#: and gives it back at every request and response, and a list going from
-#: one item to none and back reallocates its storage both times, about 800
-#: machine instructions a request, 4 % of what epcat spends on one, counted
-#: with callgrind; a deque keeps its block)
+#: move.  A move that drains at once (a request, a response) goes through
+#: the last one in place (L{_End.doRead}); a direction left holding bytes
+#: takes it out, and gives it back once drained.  (A deque, not a list: a
+#: list going from one item to none and back reallocates its storage both
+#: times.)
 _pool: deque[Any] = deque()
 
 #: at most this many pipes (or buffers) wait in the pool; the rest are let go
