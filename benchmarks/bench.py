@@ -59,10 +59,11 @@ haproxy normalised to socat = 1.  With more than one round it also prints
 each figure's run-to-run spread, and epcat's figure over socat's, socat -b
 262144's, haproxy's and the bare Python loop's taken round by round (median
 and range): the two of a round are measured minutes apart at most, so a
-slow spell of the host touches both.  On Linux it also says how much CPU time the hypervisor took
-from this machine (steal, from /proc/stat) during each measurement, naming
-those that lost 2 % or more: a virtual machine's figures move with its
-neighbours' load, which its own load average does not show.
+slow spell of the host touches both.  On Linux it also says how much CPU
+time the hypervisor took from this machine (steal, from /proc/stat) during
+each measurement, naming those that lost 2 % or more: a virtual machine's
+figures move with its neighbours' load, which its own load average does
+not show.
 
 Everything listens on 127.0.0.1 (or a UNIX socket in a private temporary
 directory).  Every process started here is stopped by its PID (with the

@@ -200,8 +200,9 @@ def test_pyloop_relays(spawn, server, tmp_path: Path) -> None:
     for what the interpreter alone costs) relays correctly, or its figures
     would mean nothing: from TCP and from a UNIX socket, a request and its
     half-close reach an echo backend and the answer and EOF come back; and
-    8 MiB echoed to a client that reads only once it has sent everything
-    (so the loop must wait on a sink that takes less) comes back whole.
+    8 MiB of random bytes echoed to a client with a small receive window
+    (so the loop's writes to it take less, and the loop waits on it) come
+    back whole.
     """
 
     def echo(conn: socket.socket) -> None:
