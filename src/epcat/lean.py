@@ -479,6 +479,10 @@ class SocketTransport:
                                   else "")
         return self._host
 
+    #: its TCP socket was made with C{TCP_NODELAY} (L{accept_with_sockets},
+    #: L{TCPClient}): L{epcat.relay} need not set it again
+    made_with_nodelay = True
+
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(enabled))
 

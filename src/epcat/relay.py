@@ -152,6 +152,32 @@ def release_stdout() -> None:
         pass
 
 
+def send_at_once(transport: Any) -> None:
+    """
+    Turn Nagle's algorithm off (C{TCP_NODELAY}) on a TCP transport, as
+    haproxy and nginx's stream proxy do for every connection they relay: a
+    relay passes each read on at once, and Nagle's algorithm would only hold
+    back the last partial segment of a write (or of a TLS record) until
+    what went before it is acknowledged.  Through TLS and C{haproxy:}
+    wrappers it reaches the TCP transport underneath (Twisted's
+    C{ProtocolWrapper} passes unknown attributes on).
+
+    @param transport: a connected transport.  Those with no
+        C{setTcpNoDelay} (stdio, processes) are left alone, as are epcat's
+        lean sockets, made with it; a UNIX socket (Twisted's UNIX transports
+        are its TCP ones underneath) refuses the option, which is ignored.
+    """
+    if getattr(transport, "made_with_nodelay", False):
+        return
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return
+    try:
+        set_no_delay(True)
+    except OSError:
+        pass
+
+
 @implementer(IHalfCloseableProtocol)
 class RelaySide(Protocol):
     """
@@ -222,6 +248,7 @@ class RelaySide(Protocol):
 
     def connectionMade(self) -> None:
         self.connected_at = self.pair.reactor.seconds()
+        send_at_once(self.transport)
         if self.half_close == HALF_CLOSE_TLS:
             self.tls_record = tlsinfo.watch(self.transport)
         self.pair._side_connected(self)

@@ -901,3 +901,72 @@ def test_transform_applies_to_held_and_relayed_bytes() -> None:
     h.pair.inbound.dataReceived(b"b\n")
     assert tout.value() == b"a\r\nb\r\n"
     assert h.pair.inbound.bytes_received == 4  # bytes read, before the transform
+
+
+# -- TCP_NODELAY
+
+
+def _connected_tcp_pair() -> tuple[socket.socket, socket.socket]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    return client, server
+
+
+def test_send_at_once_on_twisted_tcp_transports_and_through_wrappers() -> None:
+    """
+    Every TCP connection a pair relays has Nagle's algorithm off
+    (C{TCP_NODELAY}, as haproxy and nginx's stream proxy): Twisted's TCP
+    transport directly, and through a wrapper (TLS, C{haproxy:}) that
+    passes attributes on to it, as Twisted's C{ProtocolWrapper} does.
+    """
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+    from epcat.relay import send_at_once
+
+    reactor = MemoryReactorClock()
+    for wrapped in (False, True):
+        client, server = _connected_tcp_pair()
+        try:
+            transport = tcp.Connection(server, Protocol(), reactor)
+            if wrapped:
+                wrapper = ProtocolWrapper(WrappingFactory(None), Protocol())
+                wrapper.makeConnection(transport)
+                transport = wrapper
+            assert not server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            send_at_once(transport)
+            assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            client.close()
+            server.close()
+
+
+def test_send_at_once_leaves_other_transports_alone() -> None:
+    """
+    A UNIX socket under Twisted's TCP transport code refuses the option
+    (ignored), a transport with no C{setTcpNoDelay} (stdio, a process) is
+    left alone, and epcat's lean sockets, made with it, are not asked again.
+    """
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+
+    from epcat.relay import send_at_once
+
+    a, b = socket.socketpair()
+    try:
+        send_at_once(tcp.Connection(a, Protocol(), MemoryReactorClock()))  # no error
+    finally:
+        a.close()
+        b.close()
+    send_at_once(StringTransport())  # (no setTcpNoDelay)
+
+    class Lean:
+        made_with_nodelay = True
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            raise AssertionError("asked again")
+
+    send_at_once(Lean())
