@@ -179,6 +179,29 @@ def _gather(sock: socket.socket, into: bytearray) -> bool:
     return not chunk
 
 
+def _send_rest(relay: Relay, sender: socket.socket, receiver: socket.socket,
+               payload: bytes, sent: int, timeout: float = WAIT) -> bytes:
+    """
+    Send what is left of C{payload} (all but its first C{sent} bytes) from
+    the non-blocking C{sender}, running the relay, until C{receiver} has
+    had as many bytes as C{payload} holds: what it received.
+    """
+    received = bytearray()
+
+    def step() -> bool:
+        nonlocal sent
+        if sent < len(payload):
+            try:
+                sent += sender.send(payload[sent:])
+            except BlockingIOError:
+                pass
+        received.extend(_nonblocking_recv(receiver))
+        return len(received) == len(payload)
+
+    _run_until(relay.reactor, step, timeout)
+    return bytes(received)
+
+
 def _answer_and_close(relay: Relay, server: socket.socket, client: socket.socket,
                       data: bytes) -> bytes:
     """The backend sends C{data} and closes: what the client reads to its EOF."""
@@ -329,20 +352,7 @@ def test_held_bytes_are_bounded(connecting: Any, backend: socket.socket) -> None
     _read_while_connecting(pair, fill)
     assert fused.HOLD_LIMIT <= len(pair.inbound.pending) < fused.HOLD_LIMIT + 65536
     server, _ = backend.accept()
-    got = bytearray()
-
-    def step() -> bool:
-        nonlocal sent
-        if sent < len(payload):
-            try:
-                sent += client.send(payload[sent:])
-            except BlockingIOError:
-                pass
-        got.extend(_nonblocking_recv(server))
-        return len(got) == len(payload)
-
-    _run_until(relay.reactor, step)
-    assert bytes(got) == payload
+    assert _send_rest(relay, client, server, payload, sent) == payload
     server.close()
 
 
@@ -485,20 +495,7 @@ def test_requests_and_responses_reuse_one_pipe_in_the_pool(
         if pair.outbound.pipe is not None:
             break
     assert pair.outbound.pipe is first and first not in pool
-    received = bytearray()
-
-    def step() -> bool:
-        nonlocal sent
-        if sent < len(payload):
-            try:
-                sent += server.send(payload[sent:])
-            except BlockingIOError:
-                pass
-        received.extend(_nonblocking_recv(client))
-        return len(received) == len(payload)
-
-    _run_until(relay.reactor, step, timeout=60)
-    assert bytes(received) == payload
+    assert _send_rest(relay, server, client, payload, sent, timeout=60) == payload
     _run_until(relay.reactor, lambda: pair.outbound.pipe is None)
     assert first in pool
 
