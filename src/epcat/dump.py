@@ -22,7 +22,7 @@ C{-x -v} prints, so that is the layout matched here, byte for byte, against
 the output of C{socat -x -v} on this machine (the expected texts in
 C{tests/unit/test_dump.py} were recorded from it, timestamps masked)::
 
-    > 2026/11/22 01:29:26.000611647  length=8 from=0 to=7
+    > 2026/11/22 01:29:26.611647  length=8 from=0 to=7
      68 65 6c 6c 6f 0a                                hello.
      61 62                                            ab
     --
@@ -31,10 +31,10 @@ The details, all from socat.c:
 
   - header: C{"> "} (inbound to outbound, socat's left to right) or
     C{"< "}, the local time as C{%Y/%m/%d %H:%M:%S}, a dot, the
-    B{microseconds} zero-padded to B{nine} digits (socat formats
-    C{tv_nsec/1000} with its C{tv_nsec} format C{%09ld}: 0.874013 s prints
-    as C{.000874013}; issue 5's example C{.000582} shows six digits, but
-    real socat prints nine and this module follows real socat), a space,
+    microseconds in six digits, as issue 5's example shows
+    (C{23:38:21.000582}; the Debian build of socat 1.7.4.4 prints the same
+    582 microseconds as C{.000000582}, nine digits, because it formats
+    C{tv_nsec/1000} with C{%09ld}: a socat bug, not copied), a space,
     then C{" length=N from=F to=T"} (so two spaces before C{length}).
     C{from} is the number of bytes seen before this chunk in that
     direction, C{to} is C{from + length - 1};
@@ -46,7 +46,7 @@ The details, all from socat.c:
     else (newline included) as C{.};
   - socat never prints an empty chunk.
 
-epcat's additions: with several pairs open the header ends in
+epcat's additions: while several pairs are open the header ends in
 C{" conn=ID"} (socat relays one pair per process and has no such field),
 and the offsets are kept per connection and direction.
 """
@@ -71,15 +71,15 @@ DIRECTIONS = (">", "<")
 def format_timestamp(when: float) -> str:
     """
     socat's block-header timestamp for C{when}, without the trailing space:
-    local time, then the microseconds zero-padded to nine digits, as
-    C{gettimestamp()} in socat.c prints them (C{"2026/11/22 01:29:26.000611647"}).
+    local time, a dot and the microseconds in six digits
+    (C{"2026/11/22 01:29:26.611647"}).
 
     @param when: seconds since the epoch.
     """
     microseconds = round(when * 1_000_000)
     seconds, fraction = divmod(microseconds, 1_000_000)
     stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(seconds))
-    return f"{stamp}.{fraction:09d}"
+    return f"{stamp}.{fraction:06d}"
 
 
 def format_header(
@@ -167,8 +167,8 @@ class HexDumper:
         @param stream: an open text stream (C{sys.stderr}, or a file opened
             for writing); not closed by this class.
         @param clock: returns seconds since the epoch, for the headers.
-        @param show_conn: append C{conn=ID} to every header (when several
-            pairs are open).
+        @param show_conn: append C{conn=ID} to the headers (set while
+            several pairs are open).
         """
         self.stream = stream
         self.clock = clock

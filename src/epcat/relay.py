@@ -627,6 +627,8 @@ class Pair:
             self._maybe_finish()
             return
         self.joined = True
+        if self.tap is not None:
+            self.tap.joined(self)
         if self.idle_timeout is not None:
             self._timers["idle"] = self.reactor.callLater(self.idle_timeout, self._check_idle)
         a.peer, b.peer = b, a

@@ -378,6 +378,18 @@ class Runner:
             return "tlsx:" + inner_description(description)
         return description
 
+    def _parse_own_server(self, description: str) -> Any:
+        """
+        Parse a (non-C{haproxy:}) server description, with C{--keylog}'s
+        callback on every TLS context it uses (L{_own_tls}; Twisted's SNI
+        C{tls:} server through L{epcat.tlsx.sni_server_with_keylog}).
+        """
+        if self.keylog is not None and endpoint_type(description) == "tls":
+            from epcat import tlsx
+
+            return tlsx.sni_server_with_keylog(self.reactor, description)
+        return parse_server(self.reactor, self._own_tls(description, "server"))
+
     def _parse_listen(self, description: str) -> Any:
         """
         Parse the server description; a C{haproxy:} one gets epcat's own
@@ -387,12 +399,10 @@ class Runner:
 
         shared = worker_endpoint(self.reactor, description)  # --workers
         if endpoint_type(description) != "haproxy":
-            return shared or parse_server(self.reactor, self._own_tls(description, "server"))
+            return shared or self._parse_own_server(description)
         from epcat.proxyproto import ProxyHeaderEndpoint, ProxyHeaderFactory
 
-        inner = shared or parse_server(
-            self.reactor, self._own_tls(inner_description(description), "server")
-        )
+        inner = shared or self._parse_own_server(inner_description(description))
         options = self.plan.listen_options
 
         def rejected(wrapper: Any, reason: str) -> None:

@@ -37,6 +37,11 @@ class Tap:
         self.dumper = dumper
         self.pcap = pcap
         self._open: set[int] = set()
+        #: per pair whose outbound connection is not up yet: what the pcap
+        #: stream is to carry once it is (C{(direction, data)}, or
+        #: C{(direction, None)} for an end of input), so that the stream
+        #: opens with the server's real address and port
+        self._waiting: dict[int, list[tuple[str, bytes | None]]] = {}
 
     @classmethod
     def from_options(cls, hexdump: bool, dump: str | None, pcap: str | None) -> Tap | None:
@@ -69,19 +74,37 @@ class Tap:
         """
         direction = _DIRECTIONS[side.role]
         if self.dumper is not None:
-            self.dumper.show_conn = self.dumper.show_conn or pairs_open > 1
+            self.dumper.show_conn = pairs_open > 1
             self.dumper.chunk(direction, data, pair.conn_id)
         if self.pcap is not None:
-            if pair.conn_id not in self._open:
+            conn_id = pair.conn_id
+            if conn_id not in self._open:
+                if not pair.joined:
+                    # (bytes held until the outbound connection is up)
+                    self._waiting.setdefault(conn_id, []).append((direction, bytes(data)))
+                    return
                 self._open_stream(pair)
-            self.pcap.data(pair.conn_id, direction, data)
+            self.pcap.data(conn_id, direction, data)
+
+    def joined(self, pair: Pair) -> None:
+        """
+        Both ends of C{pair} are connected: its pcap stream opens with their
+        addresses and carries what was held meanwhile.
+        """
+        if self.pcap is not None and pair.conn_id in self._waiting:
+            self._open_stream(pair)
 
     def ended(self, pair: Pair, side: RelaySide) -> None:
         """
         C{side} will send nothing more (its EOF).
         """
-        if self.pcap is not None and pair.conn_id in self._open:
-            self.pcap.shutdown(pair.conn_id, _DIRECTIONS[side.role])
+        if self.pcap is None:
+            return
+        direction = _DIRECTIONS[side.role]
+        if pair.conn_id in self._open:
+            self.pcap.shutdown(pair.conn_id, direction)
+        elif pair.conn_id in self._waiting:
+            self._waiting[pair.conn_id].append((direction, None))
 
     def closed(self, pair: Pair) -> None:
         """
@@ -89,6 +112,8 @@ class Tap:
         """
         if self.dumper is not None:
             self.dumper.forget(pair.conn_id)
+        if self.pcap is not None and pair.conn_id in self._waiting:
+            self._open_stream(pair)  # (the outbound connection never came up)
         if self.pcap is not None and pair.conn_id in self._open:
             self._open.discard(pair.conn_id)
             self.pcap.close(pair.conn_id)
@@ -109,3 +134,8 @@ class Tap:
         if pair.outbound.transport is not None and pair.outbound_description != "stdio":
             server = _ip_endpoint(pair.outbound.transport.getPeer())
         self.pcap.open_stream(pair.conn_id, client, server)
+        for direction, data in self._waiting.pop(pair.conn_id, ()):
+            if data is None:
+                self.pcap.shutdown(pair.conn_id, direction)
+            else:
+                self.pcap.data(pair.conn_id, direction, data)

@@ -72,6 +72,64 @@ def _with_keylog(options: Any) -> Any:
         options.getContext().set_keylog_callback(_keylog)
     return options
 
+def sni_server_with_keylog(reactor: Any, description: str) -> Any:
+    """
+    Twisted's own C{tls:} server type (C{tls:DIRECTORY[:port=N]...}: a
+    certificate per SNI name, from a directory of PEM files reloaded as it
+    changes), built as Twisted's parser builds it, except that each context
+    its SNI lookup hands out gets C{--keylog}'s callback (L{set_keylog})
+    before its first connection.  Twisted's parser keeps the lookup to
+    itself, and pyOpenSSL refuses a callback on a context once a connection
+    has used it, so only a lookup of our own can set one.
+
+    The description is first parsed by Twisted itself, so a bad one fails
+    with Twisted's own error; its arguments are then read with
+    L{twisted.internet.endpoints._parse} (the tokenizer of every endpoint
+    description, private but unchanged since Twisted 10.1), and passed to
+    the same public pieces Twisted's C{_TLSServerEndpointParser} uses.
+
+    @param description: a C{tls:} server endpoint description.
+    @return: an C{IStreamServerEndpoint} provider.
+    @raise UsageError: the description is bad (L{epcat.endpoints.parse_server}).
+    """
+    from twisted.internet import endpoints
+    from twisted.python.filepath import FilePath
+
+    from epcat.endpoints import parse_server
+
+    parse_server(reactor, description)  # Twisted's own checks and messages
+    args, kwargs = endpoints._parse(description)
+    return _sni_server(endpoints, FilePath, reactor, *args[1:], **kwargs)
+
+
+def _sni_server(
+    endpoints: Any,
+    file_path: Any,
+    reactor: Any,
+    path: str,
+    port: str = "443",
+    backlog: str = "50",
+    interface: str = "::",
+) -> Any:
+    # (the arguments and defaults of Twisted 26.10's
+    # _TLSServerEndpointParser._actualParseStreamServer)
+    lookup = endpoints.autoReloadingDirectoryOfPEMs(file_path(path))
+
+    def logged(name: bytes | None) -> Any:
+        context = lookup(name)
+        if context is not None and _keylog is not None:
+            try:
+                context.set_keylog_callback(_keylog)
+            except ValueError:
+                pass  # (used already: set when it was first looked up)
+        return context
+
+    return endpoints.wrapServerTLS(
+        endpoints.SNIConnectionCreator(logged),
+        endpoints.TCP6ServerEndpoint(reactor, int(port), int(backlog), interface),
+    )
+
+
 #: Written to stderr each time a C{verify=no} client description is parsed.
 VERIFY_NO_WARNING = "epcat: warning: tlsx: verify=no: the server's certificate is NOT verified"
 

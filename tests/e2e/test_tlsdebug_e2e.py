@@ -398,6 +398,39 @@ def test_keylog_ssl_server_writes_what_curl_logs(epcat_proc, server, tls_files, 
     no_traceback(ep.err)
 
 
+@pytest.mark.timeout(60)
+def test_keylog_tls_sni_server_writes_what_curl_logs(epcat_proc, server, tls_files, tmp_path):
+    """
+    --keylog FILE with Twisted's own tls: server (a directory of NAME.pem
+    files, one per SNI name) and curl (SSLKEYLOGFILE): FILE holds the
+    secrets curl logged for the same session.
+    """
+    keylog = tmp_path / "keys.log"
+    curl_log = tmp_path / "curl-keys.log"
+    certificates = tmp_path / "by-name"
+    certificates.mkdir()
+    (certificates / "localhost.pem").write_bytes(
+        tls_files.key.read_bytes() + tls_files.cert.read_bytes()
+    )
+    body = b"keylog through tls:\n"
+    srv = server(http_handler(body))
+    ep = epcat_proc("-v", "--keylog", keylog, "listen",
+                    f"tls:{certificates}:port=0:interface=127.0.0.1", "--once",
+                    "connect", f"tcp:{srv.address}")
+    port = ep.port()
+    result = curl(port, tls_files.ca_pem, env={**os.environ, "SSLKEYLOGFILE": str(curl_log)})
+    assert result.returncode == 0, result.stderr + ep.err.encode()
+    assert result.stdout == body
+    assert ep.finish() == 0, ep.describe()
+    assert _mode(keylog) == 0o600
+    entries = keylog_entries(keylog.read_text())
+    assert entries, keylog.read_text()
+    assert {e.group(0) for e in entries} == {
+        e.group(0) for e in keylog_entries(curl_log.read_text())
+    }
+    no_traceback(ep.err)
+
+
 # -- 4. -x/--hexdump and --dump
 
 HELLO_LINE = " 68 65 6c 6c 6f" + "   " * 11 + "  hello"
@@ -411,7 +444,7 @@ def _check_hello_dump(text: str) -> None:
     first = blocks[0]
     assert first.direction == ">"
     assert re.fullmatch(
-        r"> \d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}\.\d{9}  length=5 from=0 to=4", first.header
+        r"> \d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}\.\d{6}  length=5 from=0 to=4", first.header
     ), first.header
     assert first.lines == [HELLO_LINE]
     assert first.conn is None
@@ -556,6 +589,47 @@ def test_verbose_without_hexdump_shows_no_payload(epcat_proc, server, verbosity)
     assert marker[7:23].decode() not in err, err
     assert marker.hex() not in err.replace(" ", ""), err
     no_traceback(err)
+
+
+@pytest.mark.timeout(60)
+def test_pcap_names_the_backend_of_bytes_sent_before_it_was_up(epcat_proc, tmp_path):
+    """
+    epcat --pcap F listen tcp:0 --once connect tcp:BACKEND --retry 5: the
+    client's request arrives while the backend still refuses connections
+    (epcat holds it); once the backend listens, the capture's stream runs
+    between the client's and the backend's real addresses (not the
+    placeholders of an end without one), with both directions intact.
+    """
+    capture = tmp_path / "relay.pcap"
+    request = b"GET / HTTP/1.0\r\n\r\n"
+    reply = b"HTTP/1.0 200 OK\r\n\r\nlate but here\n"
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))  # bound, not listening: refused until listen()
+    try:
+        backend_port = backend.getsockname()[1]
+        ep = epcat_proc("-v", "--pcap", capture, "listen", "tcp:0:interface=127.0.0.1", "--once",
+                        "connect", f"tcp:127.0.0.1:{backend_port}", "--retry", "5",
+                        "--backoff-initial", "0.2", "--backoff-max", "0.5")
+        with socket.create_connection(("127.0.0.1", ep.port()), timeout=WAIT) as client:
+            client_port = client.getsockname()[1]
+            client.sendall(request)
+            ep.wait_stderr(r"cannot connect to .*connection refused; attempt 2 in ")
+            backend.listen(1)
+            backend.settimeout(WAIT)
+            conn, _ = backend.accept()
+            with conn:
+                conn.settimeout(WAIT)
+                assert recv_exactly(conn, len(request)) == request
+                conn.sendall(reply)
+            assert recv_all(client) == reply
+    finally:
+        backend.close()
+    assert ep.finish() == 0, ep.describe()
+    nodes, from_client, from_server = follow_raw(capture, 0)
+    assert nodes == [f"Node 0: 127.0.0.1:{client_port}", f"Node 1: 127.0.0.1:{backend_port}"]
+    assert from_client == request
+    assert from_server == reply
+    no_traceback(ep.err)
 
 
 # -- 5. --pcap with TLS termination

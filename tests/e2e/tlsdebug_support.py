@@ -193,9 +193,9 @@ def error_line(stderr: str) -> str:
 
 # -- hex dump
 
-#: "> 2026/11/22 01:29:26.000611647  length=8 from=0 to=7[ conn=N]"
+#: "> 2026/11/22 01:29:26.611647  length=8 from=0 to=7[ conn=N]"
 DUMP_HEADER = re.compile(
-    r"^(?P<direction>[<>]) (?P<date>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})\.(?P<fraction>\d{9})"
+    r"^(?P<direction>[<>]) (?P<date>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})\.(?P<fraction>\d{6})"
     r"  length=(?P<length>\d+) from=(?P<start>\d+) to=(?P<end>\d+)(?: conn=(?P<conn>\d+))?$"
 )
 #: " 68 65 6c 6c 6f                                   hello"
