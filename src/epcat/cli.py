@@ -235,7 +235,8 @@ def _networks(option: str) -> Any:
     metavar="CIDR",
     callback=_networks("--proxy-trusted"),
     help="haproxy: listeners: accept PROXY headers only from senders in this network "
-    "(repeatable).  Without it any client can claim any address.",
+    "(repeatable).  Without it any client can claim any address.  UNIX-socket senders "
+    "never match.",
 )
 @click.option(
     "--proxy-header-timeout",

@@ -144,7 +144,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self.proxy_info = info
+        self.proxy_info = _compressed(info)
         self._stop_waiting()
         protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
         if protocol is None:
@@ -367,7 +367,8 @@ def parse_v1(line: bytes) -> Any:
 def tls_details(transport: Any) -> dict[str, Any] | None:
     """
     What a TLS transport negotiated, for the v2 TLVs: C{version}, C{cipher},
-    C{cn} (the client certificate's common name), C{sni}, C{alpn}.
+    C{certificate} (whether the client presented one), C{cn} (its common
+    name), C{sni}, C{alpn}, C{verified}.
 
     @return: L{None} when C{transport} is not TLS.
     """
@@ -396,8 +397,12 @@ def tls_details(transport: Any) -> dict[str, Any] | None:
     return {
         "version": version,
         "cipher": connection.get_cipher_name(),
+        "certificate": certificate is not None,
         "cn": cn,
-        "sni": servername.decode("idna") if servername else None,
+        # (as the client sent it: PP2_TYPE_AUTHORITY is the host name "passed
+        # by the client", section 2.2.1; an A-label that is not valid IDNA,
+        # such as xn--a, is passed on as it is)
+        "sni": servername.decode("utf-8", "replace") if servername else None,
         "alpn": connection.get_alpn_proto_negotiated() or None,
         "verified": verified and certificate is not None,
     }
@@ -407,7 +412,8 @@ def encode_header(version: str, transport: Any, conn_id: int | None = None) -> b
     """
     The PROXY header that tells the next hop where C{transport}'s connection
     came from (haproxy proxy-protocol.txt: version 1 is section 2.1, version 2
-    section 2.2, its TLVs section 2.2.7 and 2.2.5 for PP2_TYPE_SSL).
+    section 2.2, its TLVs section 2.2.1, 2.2.5 for PP2_TYPE_UNIQUE_ID and
+    2.2.6 for PP2_TYPE_SSL).
 
     TCP over IPv4 or IPv6 carries the source and destination addresses.
     Anything else (UNIX sockets without names, stdin/stdout) is C{PROXY
@@ -456,7 +462,10 @@ def encode_header(version: str, transport: Any, conn_id: int | None = None) -> b
     if tls is not None:
         tlv_fields["ssl"] = ProxyProtocolSSLTLV(
             has_ssl=True,
-            has_cert_conn=tls["cn"] is not None,
+            # PP2_CLIENT_CERT_CONN and PP2_CLIENT_CERT_SESS (section 2.2.6):
+            # a certificate was presented on this connection, so on its session
+            has_cert_conn=tls["certificate"],
+            has_cert_sess=tls["certificate"],
             verified=tls["verified"],
             version=tls["version"],
             cipher=tls["cipher"],
@@ -483,6 +492,31 @@ def encode_header(version: str, transport: Any, conn_id: int | None = None) -> b
     else:
         result = ProxyResultLocal(tlv=tlv)
     return ProxyProtocolV2().pack(result)
+
+
+def _compressed(info: Any) -> Any:
+    """
+    C{info} with its IPv6 addresses written as the kernel writes a peer's
+    (C{inet_ntop}: C{::1}, C{::ffff:127.0.0.1}), as epcat shows a direct
+    client's: Twisted's v2 parser writes all eight groups
+    (C{0:0:0:0:0:0:0:1}).
+    """
+    import attr
+    from twisted.internet.address import IPv6Address
+
+    def short(address: Any) -> Any:
+        if not isinstance(address, IPv6Address):
+            return address
+        try:
+            packed = ipaddress.IPv6Address(address.host).packed
+        except ValueError:
+            return address
+        return attr.evolve(address, host=socket.inet_ntop(socket.AF_INET6, packed))
+
+    source, destination = short(info.source), short(info.destination)
+    if source is info.source and destination is info.destination:
+        return info
+    return attr.evolve(info, source=source, destination=destination)
 
 
 def _unix_name(address: Any) -> str | None:

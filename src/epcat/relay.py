@@ -498,6 +498,7 @@ class Pair:
         "inbound", "outbound", "started_at", "last_activity", "first_closer", "joined",
         "inbound_description", "outbound_description", "stdio_inbound", "quiet", "preamble",
         "eof_closes", "tap", "all_pairs", "fast_path", "splice", "outbound_failure", "attempt",
+        "internal_error",
         "handshake_timer", "splice_waiting", "_on_event", "_finished", "_done", "_done_fired",
     )
 
@@ -551,6 +552,8 @@ class Pair:
         #: returns bytes to write to the outbound side before anything
         #: relayed (a PROXY header)
         self.preamble: Callable[[], bytes] | None = None
+        #: what went wrong inside epcat while joining the sides, if anything
+        self.internal_error: Failure | None = None
         #: EOF from either side ends the pair (a --reconnect tunnel, where
         #: one leg ending means the tunnel dropped)
         self.eof_closes = False
@@ -616,7 +619,17 @@ class Pair:
         if both and not self.joined:
             # (the event handler above may have joined already: attaching
             # stdin/stdout connects the other side synchronously)
-            self._join()
+            try:
+                self._join()
+            except Exception:
+                # a bug of epcat's (a PROXY header that could not be built,
+                # say) costs this pair only, and is said: both sides are
+                # closed rather than left open for ever
+                self.internal_error = Failure()
+                self._on_event("internal-error", self, None)
+                self.quiet = True  # (said: the aborted sides add nothing)
+                self.attempt = None  # (succeeding now: nothing to cancel)
+                self.abort()
 
     def _handshake_completed(self, side: RelaySide) -> None:
         self._on_event("handshake", self, side)

@@ -312,6 +312,18 @@ class Reporter:
             conn=pair.conn_id,
         )
 
+    def _on_internal_error(self, pair: Pair, side: RelaySide | None) -> None:
+        failure = pair.internal_error
+        self.totals.failed += 1
+        self.ui.error(
+            f"[{pair.conn_id}] internal error, connection closed: "
+            f"{failure.type.__name__}: {failure.getErrorMessage()} (a bug in epcat; "
+            "-vv shows the traceback)",
+            event="internal-error",
+            conn=pair.conn_id,
+        )
+        self.ui.debug("traceback", failure.getTraceback().rstrip(), conn=pair.conn_id)
+
     def _on_closing(self, pair: Pair, side: RelaySide | None) -> None:
         self.ui.info(
             "closing",

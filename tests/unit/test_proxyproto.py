@@ -45,6 +45,7 @@ PP2_SUBTYPE_SSL_CN = 0x22
 PP2_SUBTYPE_SSL_CIPHER = 0x23
 PP2_CLIENT_SSL = 0x01
 PP2_CLIENT_CERT_CONN = 0x02
+PP2_CLIENT_CERT_SESS = 0x04
 
 #: section 2.2: the length of the address block for each family/protocol byte
 ADDRESS_LENGTHS = {0x00: 0, 0x11: 12, 0x12: 12, 0x21: 36, 0x22: 36, 0x31: 216, 0x32: 216}
@@ -74,6 +75,8 @@ class FakeSubject:
         self._cn = cn
 
     def get_components(self) -> list[tuple[bytes, bytes]]:
+        if not self._cn:
+            return [(b"O", b"epcat tests")]  # (a subject without a CN)
         return [(b"O", b"epcat tests"), (b"CN", self._cn)]
 
 
@@ -395,6 +398,7 @@ def test_v2_tls_tlvs(with_cert: bool) -> None:
     assert sub[PP2_SUBTYPE_SSL_CIPHER] == b"TLS_AES_256_GCM_SHA384"
     if with_cert:
         assert client & PP2_CLIENT_CERT_CONN
+        assert client & PP2_CLIENT_CERT_SESS
         assert sub[PP2_SUBTYPE_SSL_CN] == b"client.example"
         assert verify == 0  # asked for and presented: verified by the handshake
     else:
@@ -406,6 +410,34 @@ def test_v2_tls_tlvs(with_cert: bool) -> None:
     # Twisted still reads the addresses past the TLVs
     info = parse_with_twisted(header)
     assert same_address(info.source, v4("127.0.0.1", 40000))
+
+
+def test_v2_tls_client_certificate_without_cn() -> None:
+    """
+    Section 2.2.6: a client certificate whose subject has no CN was still
+    presented (and verified): the client field says so and verify is 0,
+    with no CN sub-TLV.
+    """
+    connection = FakeTLSConnection(sni=b"localhost", alpn=None, cn=b"")
+    transport = FakeTLSTransport(v4("127.0.0.1", 40000), v4("127.0.0.1", 8443), connection)
+    ssl = V2Header(encode_header("v2", transport, conn_id=1)).tlv(PP2_TYPE_SSL)
+    assert ssl is not None
+    client, verify = struct.unpack("!BI", ssl[:5])
+    assert client == PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
+    assert verify == 0
+    assert PP2_SUBTYPE_SSL_CN not in dict(parse_tlvs(ssl[5:]))
+
+
+@pytest.mark.parametrize("sni", [b"xn--a", b"xn--ab-", b"xn--zzzz9"])
+def test_v2_tls_sni_that_is_not_valid_idna_is_passed_on(sni: bytes) -> None:
+    """
+    A client may send any A-label as its server name, valid IDNA or not
+    (OpenSSL does not check): PP2_TYPE_AUTHORITY carries it as sent, and
+    building the header does not fail.
+    """
+    connection = FakeTLSConnection(sni=sni, alpn=None, cn=None)
+    transport = FakeTLSTransport(v4("127.0.0.1", 40000), v4("127.0.0.1", 8443), connection)
+    assert V2Header(encode_header("v2", transport, conn_id=1)).tlv(PP2_TYPE_AUTHORITY) == sni
 
 
 def test_v2_tls_without_sni_or_alpn() -> None:
@@ -661,6 +693,31 @@ def test_header_in_one_read(header: bytes, source: Any, destination: Any) -> Non
     assert h.rejections == [] and not h.closed
     assert h.transport.value() == b""
     assert h.clock.getDelayedCalls() == []  # the header timer is cancelled
+
+
+@pytest.mark.parametrize(
+    "source, shown",
+    [("::1", "::1"), ("2001:db8::7", "2001:db8::7"), ("::ffff:127.0.0.1", "::ffff:127.0.0.1")],
+)
+def test_v2_ipv6_addresses_are_shown_as_the_kernel_writes_them(source: str, shown: str) -> None:
+    """
+    Twisted's v2 parser writes all eight groups (0:0:0:0:0:0:0:1); the
+    wrapper hands on what inet_ntop writes, as for a direct client, so that
+    logs show [::1]:PORT whichever PROXY version carried it.
+    """
+    h = Harness()
+    h.feed(
+        v2_header(
+            0x1,
+            0x21,
+            ipaddress.IPv6Address(source).packed
+            + ipaddress.IPv6Address("::1").packed
+            + struct.pack("!HH", 51234, 443),
+        )
+    )
+    assert h.wrapper.getPeer() == v6(shown, 51234)
+    assert h.inner.addresses == [v6(shown, 51234)]
+    assert h.wrapper.getHost() == v6("::1", 443)
 
 
 @pytest.mark.parametrize("header, source, destination", CARRYING)

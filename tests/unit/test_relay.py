@@ -178,6 +178,26 @@ def test_events_accepted_connected_closed() -> None:
     assert h.events.count(("closed", None)) == 1
 
 
+def test_a_failure_while_joining_closes_both_sides_and_is_said() -> None:
+    """
+    An exception raised while the sides are joined (a PROXY header that
+    cannot be built, say) is reported as an internal-error event and both
+    sides are aborted: no connection is left open for ever.
+    """
+    h = Harness()
+
+    def broken_header() -> bytes:
+        raise UnicodeError("a header that cannot be built")
+
+    h.pair.preamble = broken_header
+    tin, tout = h.join()
+    assert ("internal-error", None) in h.events
+    assert h.pair.internal_error is not None
+    assert h.pair.internal_error.check(UnicodeError)
+    assert "abortConnection" in tin.calls
+    assert "abortConnection" in tout.calls
+
+
 def test_other_side_connecting_inside_the_accepted_event_joins_once() -> None:
     # listen SERVER with stdin/stdout: run.py attaches StandardIO from the
     # "accepted" event, and StandardIO connects its protocol synchronously.
