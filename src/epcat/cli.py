@@ -10,6 +10,7 @@ C{--version} and shell completion stay fast.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 from collections.abc import Sequence
@@ -32,6 +33,10 @@ Examples:
   epcat listen unix:/tmp/app.sock                      first client <-> stdin/stdout
   epcat listen ssl:8443:privateKey=key.pem:certKey=cert.pem connect tcp:127.0.0.1:80
   epcat connect tcp:relay.example:9000 connect tcp:127.0.0.1:22   reverse tunnel
+  epcat connect tcp:relay.example:9000 connect tcp:127.0.0.1:22 --reconnect
+                                 the same, re-established whenever a leg drops
+  epcat listen tcp:8080 --max-connections 100 --allow 192.0.2.0/24 connect tcp:127.0.0.1:80
+                                 a guarded forwarder: 100 clients at most, one network
 
 \b
 Endpoint descriptions are Twisted's (serverFromString / clientFromString):
@@ -56,7 +61,23 @@ class Settings:
         self.options = options
 
 
-SECONDS = click.FloatRange(min=0, min_open=True)
+class FiniteFloatRange(click.FloatRange):
+    """
+    click's L{click.FloatRange} without C{nan} and C{inf}, which Python's
+    C{float()} accepts and no range check catches (C{nan} compares false
+    with every bound): a timeout or backoff is a finite number of seconds.
+    """
+
+    name = "float range"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        converted = super().convert(value, param, ctx)
+        if not math.isfinite(converted):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return converted
+
+
+SECONDS = FiniteFloatRange(min=0, min_open=True)
 
 SUBCOMMANDS = ("listen", "connect", "endpoints", "explain")
 
@@ -223,7 +244,7 @@ def _networks(option: str) -> Any:
 )
 @click.option(
     "--drain-timeout",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
@@ -335,7 +356,7 @@ def listen(
 )
 @click.option(
     "--backoff-factor",
-    type=click.FloatRange(min=1.0),
+    type=FiniteFloatRange(min=1.0),
     default=1.5,
     show_default=True,
     metavar="F",

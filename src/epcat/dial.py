@@ -38,6 +38,30 @@ def policy_for(options: ConnectOptions) -> Callable[[int], float]:
     )
 
 
+def reconnect_policy_for(
+    options: ConnectOptions, other_failures: Callable[[], int] | None = None
+) -> Callable[[int], float]:
+    """
+    L{policy_for} as C{ClientService} (C{--reconnect}) asks for it: with the
+    number of failed attempts counted from 1, and a lost connection counted
+    as one, so the policy is shifted by one: the first wait, after a failure
+    or a lost connection, is C{--backoff-initial}, as with C{--retry}.
+
+    @param other_failures: returns failures in a row that C{ClientService}
+        cannot see (a tunnel's second leg, whose failures end a connection
+        of the first leg that was made), which grow the wait too.
+    @return: a callable from C{ClientService}'s count of failed attempts to
+        a delay in seconds.
+    """
+    policy = policy_for(options)
+
+    def retry_policy(failed_attempts: int) -> float:
+        extra = other_failures() if other_failures is not None else 0
+        return policy(max(0, failed_attempts - 1) + extra)
+
+    return retry_policy
+
+
 def connect_with_timeout(
     reactor: Any, endpoint: Any, factory: Any, timeout: float | None
 ) -> Deferred[Any]:

@@ -25,7 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from epcat import plan as modes
-from epcat.dial import Dial, connect_with_timeout, policy_for
+from epcat.dial import Dial, connect_with_timeout, reconnect_policy_for
 from epcat.endpoints import (
     HALF_CLOSE_SHUTDOWN,
     HALF_CLOSE_TLS,
@@ -796,13 +796,20 @@ class Runner:
         return Endpoint()
 
     def _service(self, endpoint: Any, description: str, options: ConnectOptions,
-                 factory: Any) -> Any:
+                 factory: Any, other_failures: Callable[[], int] | None = None) -> Any:
+        """
+        A started C{ClientService} for C{--reconnect}.
+
+        @param other_failures: failures in a row that C{ClientService}
+            cannot see (a tunnel's second leg), which grow the wait too
+            (L{epcat.dial.reconnect_policy_for}).
+        """
         from twisted.application.internet import ClientService
 
         service = ClientService(
             self._logging_endpoint(endpoint, description, options),
             factory,
-            retryPolicy=policy_for(options),
+            retryPolicy=reconnect_policy_for(options, other_failures),
             clock=self.reactor,
         )
         service.startService()
@@ -853,7 +860,10 @@ class Runner:
                     return
             elif pair.joined:
                 failures_b[0] = 0
-            runner._watch(service, a, options_a, done)
+            # (a round later: ClientService hears of the lost connection
+            # after its protocol does, and until then would answer a new
+            # whenConnected with the connection that is going)
+            runner.reactor.callLater(0, runner._watch, service, a, options_a, done)
 
         class LegFactory(Factory):
             noisy = False
@@ -868,7 +878,7 @@ class Runner:
                 pair.done.addCallback(pair_done)
                 return pair.inbound
 
-        service = self._service(first, a, options_a, LegFactory())
+        service = self._service(first, a, options_a, LegFactory(), lambda: failures_b[0])
         self._watch(service, a, options_a, done)
         return done
 
@@ -888,11 +898,15 @@ class Runner:
         service = self._service(client, description, options, hub.leg_factory())
         hub.service = service
 
-        def watch_again(_: Any = None) -> None:
-            self._watch(service, description, options, done)
+        def watch_again() -> None:
+            # (a round later: ClientService hears of the lost connection
+            # after the leg does, and until then would answer whenConnected
+            # with the connection that is going, so --fail-after would never
+            # count the failures that follow)
+            self.reactor.callLater(0, self._watch, service, description, options, done)
 
         hub.on_leg_lost = watch_again
-        watch_again()
+        self._watch(service, description, options, done)
         return done
 
     # -- pairs

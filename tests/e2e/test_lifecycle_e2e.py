@@ -390,6 +390,28 @@ def test_reconnect_fail_after_1_with_nothing_listening_exits_7(listener):
 
 
 @pytest.mark.timeout(60)
+def test_reconnect_fail_after_counts_failures_after_a_lost_connection(epcat_proc, listener):
+    """
+    connect X --reconnect --fail-after 2: the first connection is made and
+    then lost, and X stops listening; the two refused attempts that follow
+    end the run with exit 7 and one error line (the count starts again
+    after every lost connection, and is not answered by the lost one).
+    """
+    srv = listener()
+    ep = epcat_proc("-v", "connect", f"tcp:{srv.address}", "--reconnect", "--fail-after", "2",
+                    "--backoff-initial", "0.1", "--backoff-max", "0.2", stdin=subprocess.PIPE)
+    first = srv.accept()
+    srv.close()  # the connection and the listening socket: refused from now on
+    ep.wait_stderr(r"connection lost; reconnecting")
+    assert ep.finish() == 7, ep.describe()
+    [line] = error_lines(ep.err)
+    assert f"tcp:{srv.address}" in line and "gave up after 2 attempt(s)" in line, line
+    assert ep.err.count("connection refused; will retry") == 1, ep.err
+    first.close()
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
 def test_reconnect_stdio_survives_server_close(epcat_proc, listener):
     """
     connect X --reconnect with stdin/stdout: the server closes the first

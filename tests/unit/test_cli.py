@@ -336,3 +336,41 @@ def test_endpoints_shows_one_type(plans: list[Any]) -> None:
     assert "haproxy:" in result.stdout
     assert "tcp6:" not in result.stdout
     assert "half-close:" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "1e999"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--idle-timeout", "{}", "listen", "tcp:0", "connect", "tcp:127.0.0.1:1"],
+        ["--half-close-timeout", "{}", "listen", "tcp:0", "connect", "tcp:127.0.0.1:1"],
+        ["listen", "tcp:0", "--drain-timeout", "{}", "connect", "tcp:127.0.0.1:1"],
+        ["connect", "tcp:127.0.0.1:1", "--connect-timeout", "{}"],
+        ["connect", "tcp:127.0.0.1:1", "--retry", "2", "--backoff-initial", "{}"],
+        ["connect", "tcp:127.0.0.1:1", "--retry", "2", "--backoff-factor", "{}"],
+    ],
+    ids=["idle", "half-close", "drain", "connect", "backoff-initial", "backoff-factor"],
+)
+def test_seconds_that_are_not_finite_are_usage_errors(
+    plans: list[Any], capsys: pytest.CaptureFixture[str], argv: list[str], value: str
+) -> None:
+    """
+    float() takes nan and inf, and no range check catches nan: every option
+    of seconds (and the backoff factor) refuses both, with one usage line.
+    """
+    status, out, err = run_main([a.format(value) for a in argv], capsys)
+    assert status == 2
+    assert out == ""
+    assert_one_line_usage_error(err)
+    assert "is not a finite number" in err or "is not in the range" in err
+    assert plans == []
+
+
+def test_help_shows_the_lifecycle_examples(plans: list[Any]) -> None:
+    """
+    Issue 3: --help has a persistent reverse tunnel and a guarded forwarder.
+    """
+    result = invoke(["--help"])
+    assert result.exit_code == 0
+    assert "connect tcp:127.0.0.1:22 --reconnect" in result.stdout
+    assert "--max-connections 100 --allow" in result.stdout

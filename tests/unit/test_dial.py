@@ -15,7 +15,7 @@ from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedEr
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from epcat.dial import Dial, connect_with_timeout, policy_for
+from epcat.dial import Dial, connect_with_timeout, policy_for, reconnect_policy_for
 from epcat.plan import ConnectOptions
 from epcat.status import TimedOut
 
@@ -60,6 +60,24 @@ def test_backoff_policy_grows_by_the_factor_up_to_the_maximum() -> None:
     for failures, base in [(0, 1.0), (1, 2.0), (2, 4.0), (3, 5.0), (10, 5.0)]:
         delay = policy(failures)
         assert base <= delay <= base + 1.0, (failures, delay)
+
+
+def test_reconnect_policy_counts_as_client_service_does() -> None:
+    """
+    ClientService asks for the wait after its first failed attempt (or a
+    lost connection) with 1: that wait is --backoff-initial, as for --retry,
+    and failures it cannot see (a tunnel's second leg) grow it too.
+    """
+    options = ConnectOptions(backoff_initial=1.0, backoff_max=50.0, backoff_factor=3.0)
+    policy = reconnect_policy_for(options)
+    for failed_attempts, base in [(1, 1.0), (2, 3.0), (3, 9.0)]:
+        delay = policy(failed_attempts)
+        assert base <= delay <= base + 1.0, (failed_attempts, delay)
+    unseen = [2]
+    policy = reconnect_policy_for(options, lambda: unseen[0])
+    assert 9.0 <= policy(1) <= 10.0
+    unseen[0] = 0
+    assert 1.0 <= policy(1) <= 2.0
 
 
 def test_an_attempt_past_its_timeout_fails_with_timed_out() -> None:
