@@ -635,6 +635,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         UI(log_format=_log_format_of(args)).error(str(e), event="usage")
         sys.exit(ExitStatus.USAGE)
+    except EpcatError as e:
+        # (a runtime failure found before the run, e.g. while parsing)
+        from epcat.ui import UI
+
+        UI(log_format=_log_format_of(args)).error(e.message, event="failed")
+        sys.exit(e.status)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:

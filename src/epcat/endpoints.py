@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any
 
-from epcat.status import UsageError
+from epcat.status import EpcatError, UsageError
 
 #: How a type's transport ends one direction of a stream.
 #:  - C{"shutdown"}: a real half-close (C{shutdown(SHUT_WR)}, or closing
@@ -78,10 +78,12 @@ def half_close_mode(description: str) -> str:
     @param description: an endpoint description string.
     """
     kind = endpoint_type(description)
-    if kind == "haproxy":
+    while kind == "haproxy":
         # epcat's PROXY header wrapper passes half-close through (Twisted's
-        # own does not): the inner endpoint decides.
-        return half_close_mode(inner_description(description))
+        # own does not): the inner endpoint decides.  (A loop: a description
+        # may nest wrappers deeper than Python's recursion limit.)
+        description = inner_description(description)
+        kind = endpoint_type(description)
     return _HALF_CLOSE_BY_TYPE.get(kind, HALF_CLOSE_NONE)
 
 
@@ -124,16 +126,112 @@ def parse_client(reactor: Any, description: str) -> Any:
 
 def _parse(parser: Any, reactor: Any, description: str, kind: str) -> Any:
     if not description or not description.strip():
-        raise UsageError(f"empty {kind} endpoint description; try e.g. 'tcp:8080'")
+        example = "tcp:8080" if kind == "server" else "tcp:127.0.0.1:80"
+        raise UsageError(f"empty {kind} endpoint description; try e.g. '{example}'")
     try:
-        return parser(reactor, description)
-    except UsageError:
+        endpoint = parser(reactor, description)
+        problem = check_values(description, kind)
+    except (UsageError, EpcatError):
         raise
+    except RecursionError:
+        raise UsageError(
+            f"bad {kind} endpoint description {description[:60]!r}...: nested too deeply"
+        ) from None
     except Exception as e:
         message = explain_parse_error(description, kind, e)
         if not message.isprintable():
             message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         raise UsageError(message) from None
+    if problem is not None:
+        raise UsageError(f"bad {kind} endpoint description {description!r}: {problem}")
+    return endpoint
+
+
+#: the types whose ports and timeouts Twisted takes with int() and only
+#: checks once it listens or connects (C{tcp:99999} failed as "cannot
+#: listen", C{timeout=-1} with a traceback from C{callLater})
+_SERVER_PORT_FIRST = frozenset({"tcp", "tcp6", "ssl"})
+_CLIENT_PORT_SECOND = frozenset({"tcp", "tls", "ssl"})
+_CLIENT_TIMEOUT = frozenset({"tcp", "unix", "tls", "ssl"})
+
+
+#: the longest path a UNIX socket address holds: C{sun_path} is 108 bytes
+#: on Linux, with room for the terminating NUL (unix(7))
+UNIX_PATH_MAX = 107
+
+
+def check_values(description: str, kind: str) -> str | None:
+    """
+    What is wrong with the ports, backlogs, timeouts and UNIX socket paths
+    of a description Twisted has accepted, for its own types (plugins check
+    their own): a port must be 0-65535 to listen on and 1-65535 to connect
+    to, a backlog 0 or more, a timeout more than 0 seconds, a path at most
+    L{UNIX_PATH_MAX} bytes.  Wrappers (C{haproxy:}) and C{tls:}'s
+    C{endpoint=} are checked too.
+
+    @raise EpcatError: (status 1) a client's UNIX socket path is too long,
+        the runtime failure a server's gets when it listens.
+
+    @param kind: C{"server"} or C{"client"}.
+    @return: the problem, in words naming the argument, or L{None}.
+    """
+    from twisted.internet.endpoints import _parse as split
+
+    kind_of = endpoint_type(description)
+    while kind_of == "haproxy":
+        description = inner_description(description)
+        kind_of = endpoint_type(description)
+    args, kwargs = split(description)
+    args = args[1:]
+    if kind_of == "unix" and kind == "client":
+        # (Twisted's UNIX connector fails such a path with a TypeError inside
+        # doConnect and the attempt never ends; a server's fails to listen,
+        # exit 1, as a bad path to listen on does)
+        path = args[0] if args else kwargs.get("address")
+        if isinstance(path, str) and len(os.fsencode(path)) > UNIX_PATH_MAX:
+            from epcat.status import EpcatError, ExitStatus
+
+            raise EpcatError(
+                ExitStatus.FAILURE,
+                f"cannot connect to {description}: AF_UNIX path too long "
+                f"({len(os.fsencode(path))} bytes; a UNIX socket path holds at most "
+                f"{UNIX_PATH_MAX})",
+            )
+
+    def number(name: str, value: Any, low: float, high: float, what: str) -> str | None:
+        try:
+            n = float(value)
+        except (TypeError, ValueError):
+            return None  # (Twisted's own parser has its say on those)
+        if not low <= n <= high:
+            return f"{name}={value}: expected {what}"
+        return None
+
+    checks: list[tuple[str, Any, float, float, str]] = []
+    if kind == "server":
+        if kind_of in _SERVER_PORT_FIRST and args:
+            checks.append(("port", args[0], 0, 65535, "a port number, 0-65535"))
+        if kind_of == "tls" and "port" in kwargs:
+            checks.append(("port", kwargs["port"], 0, 65535, "a port number, 0-65535"))
+        if "backlog" in kwargs and kind_of in _SERVER_PORT_FIRST | {"tls", "unix"}:
+            checks.append(("backlog", kwargs["backlog"], 0, 2**31 - 1, "a number, 0 or more"))
+    else:
+        port = args[1] if len(args) > 1 else kwargs.get("port")
+        if kind_of in _CLIENT_PORT_SECOND and port is not None:
+            checks.append(("port", port, 1, 65535, "a port number, 1-65535"))
+        if kind_of in _CLIENT_TIMEOUT and "timeout" in kwargs:
+            checks.append(
+                ("timeout", kwargs["timeout"], 1e-9, float("inf"), "a positive number of seconds")
+            )
+        if kind_of == "tls" and "endpoint" in kwargs:
+            problem = check_values(kwargs["endpoint"], "client")
+            if problem is not None:
+                return f"endpoint={kwargs['endpoint']}: {problem}"
+    for check in checks:
+        problem = number(*check)
+        if problem is not None:
+            return problem
+    return None
 
 
 _FUNC_PREFIX = re.compile(r"^[\w.]+\(\) ")
@@ -180,11 +278,21 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
     etype = endpoint_type(description)
     text = str(error)
     if isinstance(error, ValueError) and text.startswith("Unknown endpoint type"):
+        # (the type Twisted names: the prefix, as typed, or the type of a
+        # description nested in it, such as tls:'s endpoint=)
+        named = re.search(r"Unknown endpoint type: '([^']*)'", text)
+        unknown = named.group(1) if named else etype
+        typed = re.split(r"(?<!\\):", description, maxsplit=1)[0]
+        if typed.lower() == unknown:
+            unknown = typed  # (Twisted names it in lower case)
         known = sorted(server_types() if kind == "server" else client_types())
-        close = difflib.get_close_matches(etype, known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        if unknown.lower() in known and unknown != unknown.lower():
+            hint = f" (types are lower case: {unknown.lower()})"
+        else:
+            close = difflib.get_close_matches(unknown.lower(), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
         return (
-            f"{quoted}: unknown endpoint type {etype!r}{hint}; "
+            f"{quoted}: unknown endpoint type {unknown!r}{hint}; "
             f"known {kind} types: {', '.join(known)}"
         )
     if isinstance(error, TypeError):
@@ -287,3 +395,23 @@ def ip_of(address: Any) -> Any:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def ip_network_of(cidr: str) -> Any:
+    """
+    The network of an C{--allow}/C{--deny}/C{--proxy-trusted} value, an
+    IPv4-mapped IPv6 network (C{::ffff:127.0.0.1/128}, C{::ffff:0:0/96}) as
+    the IPv4 network it maps: L{ip_of} gives mapped peers as IPv4, so such a
+    rule would otherwise never match (and a C{--deny} fail open).
+
+    @param cidr: a network, checked already (L{epcat.plan.check_network}).
+    @return: an C{ipaddress} network.
+    """
+    import ipaddress
+
+    network = ipaddress.ip_network(cidr, strict=False)
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(mapped):
+        start = network.network_address.ipv4_mapped
+        return ipaddress.IPv4Network((start, network.prefixlen - 96))
+    return network

@@ -28,7 +28,7 @@ from epcat.endpoints import (
     half_close_mode,
     inner_description,
 )
-from epcat.status import UsageError
+from epcat.status import EpcatError, UsageError
 
 
 def _parser_for(role: str, prefix: str) -> Any:
@@ -212,6 +212,11 @@ def _explain(reactor: Any, description: str, out: IO[str]) -> None:
             endpoint = parse(reactor, description)
         except UsageError as e:
             errors.append(str(e))
+            continue
+        except EpcatError as e:
+            # (a description that parses but could never connect, e.g. a
+            # UNIX socket path too long)
+            errors.append(e.message)
             continue
         _consume_failures(endpoint)
         cls = type(endpoint)

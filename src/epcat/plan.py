@@ -171,6 +171,10 @@ def make_plan(
     connect_options = []
     for name, value in steps:
         description, options = value if isinstance(value, tuple) else (value, None)
+        if name in ("listen", "connect") and not (description or "").strip():
+            kind, example = ("server", "tcp:8080") if name == "listen" else (
+                "client", "tcp:127.0.0.1:80")
+            raise UsageError(f"{name}: empty {kind} endpoint description; try e.g. '{example}'")
         descriptions.append(description)
         if name == "listen" and options is not None:
             listen_options = options
@@ -204,6 +208,18 @@ def make_plan(
         if stdio_clients:
             # 'listen X connect stdio:' reads the same as 'listen X'
             plan = dataclasses.replace(plan, mode=LISTEN, connect=(), connect_options=())
+        if plan.listen is not None and endpoint_type(plan.listen) == "stdio":
+            # Twisted's stdio: server "accepts" stdin/stdout once and never
+            # stops listening: 'listen stdio: connect X' reads the same as
+            # 'connect X' (which ends with the connection)
+            if plan.mode != RELAY:
+                raise UsageError(
+                    "listen stdio: alone would join stdin/stdout to themselves: give "
+                    "'connect CLIENT' after it, or use 'connect CLIENT' alone"
+                )
+            plan = dataclasses.replace(
+                plan, mode=CONNECT, listen=None, listen_options=ListenOptions()
+            )
         if plan.listen_options.proxy_trusted and (
             plan.listen is None or endpoint_type(plan.listen) != "haproxy"
         ):

@@ -32,7 +32,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from epcat.endpoints import ip_of
+from epcat.endpoints import ip_network_of, ip_of
 
 #: proxy-protocol.txt section 2.2: the 12-byte v2 signature.
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -284,7 +284,7 @@ class ProxyHeaderFactory(WrappingFactory):
         super().__init__(wrappedFactory)
         self.reactor = reactor
         self.timeout = timeout
-        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+        self.trusted = [ip_network_of(n) for n in trusted]
         self.on_reject = on_reject
         self.waiting = 0
 

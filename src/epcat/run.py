@@ -10,7 +10,6 @@ global reactor.  L{run} is what C{twisted.internet.task.react} calls.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import os
 import itertools
 import signal
@@ -32,6 +31,7 @@ from epcat.endpoints import (
     endpoint_type,
     half_close_mode,
     inner_description,
+    ip_network_of,
     ip_of,
     parse_client,
     parse_server,
@@ -88,8 +88,8 @@ class AccessList:
     """
 
     def __init__(self, allow: tuple[str, ...], deny: tuple[str, ...]) -> None:
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow]
-        self.deny = [ipaddress.ip_network(n, strict=False) for n in deny]
+        self.allow = [ip_network_of(n) for n in allow]
+        self.deny = [ip_network_of(n) for n in deny]
 
     def __bool__(self) -> bool:
         return bool(self.allow or self.deny)
@@ -298,6 +298,8 @@ class Runner:
         self._ids = itertools.count(1)
         self._stopping = False
         self._signals = 0
+        #: the name of the first SIGTERM/SIGINT received, if any
+        self._stop_signal: str | None = None
         self._accept_paused = False
         self._served = False
         self.keylog: Callable[[Any, bytes], None] | None = None
@@ -1100,6 +1102,20 @@ class Runner:
         if failure is None:
             return ExitStatus.OK
         status, _, _ = failure
+        if self._stop_signal is not None and not pair.joined:
+            # (stopped by the user while still connecting: the attempt was
+            # cancelled by us, quietly, so nothing has said so yet)
+            plan_connect = self.plan.connect
+            waiting_for = (
+                pair.outbound_description or plan_connect[-1]
+                if pair.inbound.connected_at is not None
+                else pair.inbound_description or plan_connect[0]
+            )
+            raise EpcatError(
+                ExitStatus.FAILURE,
+                f"stopped by {self._stop_signal} while connecting to {waiting_for}; "
+                "nothing was relayed",
+            )
         raise EpcatError(status, "")  # already reported by the Reporter
 
     # -- progress
@@ -1161,6 +1177,8 @@ class Runner:
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
+        if self._stop_signal is None:
+            self._stop_signal = signal.Signals(signum).name
         if self._signals == 1:
             self.reactor.callFromThread(self._stop_reactor)
         else:

@@ -6,6 +6,13 @@ stdout is never for humans: in the stdin/stdout modes it is the data channel.
 Text lines start with C{epcat:}; with C{--log-format json} every line is one
 JSON object.  rich is imported only when stderr is a terminal, so pipelines
 and tests pay nothing for it.
+
+Messages carry text from peers (a TLS client's SNI, a certificate's names, a
+UNIX socket's path): in text lines every character that is not printable
+(line breaks, ESC, DEL, C1 controls, U+2028...) is shown escaped
+(L{printable}), so that a peer can neither forge a log line nor drive the
+terminal.  Only the events in L{MULTILINE_EVENTS} keep their line breaks,
+and their later lines start with L{CONTINUATION}.
 """
 
 from __future__ import annotations
@@ -20,6 +27,16 @@ QUIET, DEFAULT, VERBOSE, DEBUG = -1, 0, 1, 2
 
 _LEVELS = {"error": QUIET, "warning": DEFAULT, "info": VERBOSE, "debug": DEBUG}
 _STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
+
+#: Events whose message is several lines on purpose: a traceback at -vv, and
+#: Twisted's own log events (which may end with one).  In text logs their
+#: line breaks are kept; every other event is one line.
+MULTILINE_EVENTS = frozenset({"traceback", "twisted"})
+
+#: What starts the second and later lines of a multi-line event in text logs:
+#: still C{epcat:}, and never mistaken for the start of an event, whatever
+#: the lines hold.
+CONTINUATION = "epcat: | "
 
 
 class UI:
@@ -76,11 +93,11 @@ class UI:
             self._write(json.dumps(record, default=str) + "\n")
             return
         prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
-        line = f"epcat: {prefix}{_printable(message)}"
+        text = f"epcat: {prefix}{_text_of(event, message)}"
         if self._is_terminal():
-            self._rich(line, _STYLES[level])
+            self._rich(text, _STYLES[level])
         else:
-            self._write(line + "\n")
+            self._write(text + "\n")
 
     def _is_terminal(self) -> bool:
         try:
@@ -90,10 +107,15 @@ class UI:
 
     def raw(self, text: str) -> None:
         """
-        Write C{text} to stderr as it is, whatever the verbosity (tables that
-        were asked for).
+        Write C{text} to stderr whatever the verbosity (tables that were
+        asked for): its line breaks as they are, any other character that
+        is not printable escaped (see L{printable}).
+
+        @param text: whole lines, each ending with C{"\\n"}.  A line break
+            inside a value (a peer's address) cannot be told from the ones
+            between lines here: pass each value through L{printable} first.
         """
-        self._write(text)
+        self._write("\n".join(printable(line) for line in text.split("\n")))
 
     def error(self, message: str, event: str = "error", **fields: Any) -> None:
         self.emit("error", event, message, **fields)
@@ -115,26 +137,68 @@ class UI:
             # stderr closed or gone: nothing left to tell anyone.
             pass
 
-    def _rich(self, line: str, style: str) -> None:
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(file=self.stream, highlight=False, soft_wrap=True)
+    def _rich(self, text: str, style: str) -> None:
+        """
+        Print C{text} (already escaped) through rich, in C{style}.  It goes
+        in as a C{rich.text.Text}, so rich reads no markup (C{[bold]},
+        C{[/]}) and no emoji codes (C{:smile:}) in it: what peers sent is
+        shown as they sent it.
+        """
         try:
-            self._console.print(line, style=style or None, markup=False)
+            if self._console is None:
+                from rich.console import Console
+
+                self._console = Console(
+                    file=self.stream,
+                    highlight=False,
+                    markup=False,
+                    emoji=False,
+                    soft_wrap=True,
+                )
+            from rich.text import Text
+
+            self._console.print(Text(text, style=style))
         except (OSError, ValueError):
             pass
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """
-    Escape control characters (text from the command line or the network
-    must not move the cursor or clear the screen); newlines too, except
-    those that separate lines epcat wrote itself (a traceback at -vv).
+    Escape every character of C{text} that is not printable, as Python
+    writes it in a string literal: C{\\n}, C{\\r}, C{\\t}, C{\\x1b}, C{\\x7f},
+    C{\\x85}, C{\\u2028}, C{\\u202e}...  Text from the command line or the
+    network must neither break a log line (and forge the next one) nor
+    move the cursor, clear the screen or reorder what follows.
+
+    Backslashes are left as they are: a peer can make a log line show
+    C{\\n}, never contain a line break.
+
+    @param text: anything, from anyone.
+    @return: C{text} if every character in it is printable (C{str.isprintable}:
+        no C0 or C1 controls, DEL, line or paragraph separators, format
+        characters, unassigned code points or lone surrogates), else a copy
+        with those characters escaped.
     """
-    if text.isprintable() or all(c.isprintable() or c == "\n" for c in text):
+    if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _text_of(event: str, message: str) -> str:
+    """
+    The text-log form of C{message}: one line (see L{printable}), or, for
+    an event in L{MULTILINE_EVENTS}, its lines escaped one by one, joined
+    by line breaks each followed by L{CONTINUATION}.
+
+    @param event: the event's machine name.
+    @param message: the message, as the caller gave it.
+    @return: the text to put after C{epcat: } and the level, without a final
+        line break.
+    """
+    if event not in MULTILINE_EVENTS:
+        return printable(message)
+    lines = message.rstrip("\n").split("\n")
+    return ("\n" + CONTINUATION).join(printable(line) for line in lines)
 
 
 def format_address(address: object) -> str:

@@ -246,6 +246,25 @@ def test_retry_connect_stdin_reaches_server_started_late(epcat_proc, listener):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_signal_while_still_connecting_says_so(epcat_proc, listener, signum):
+    """
+    connect X --retry with X refusing, stopped by SIGTERM (or SIGINT) while
+    waiting for the next attempt: exit 1 with one error line saying so
+    (nothing was relayed), not a silent exit.
+    """
+    port = listener(listen=False).port  # bound, never listening: refused
+    ep = epcat_proc("-v", "connect", f"tcp:127.0.0.1:{port}", "--retry", "10",
+                    "--backoff-initial", "30", stdin=subprocess.PIPE)
+    ep.wait_stderr(r"cannot connect to .*connection refused; attempt 2 in ")
+    ep.signal(signum)
+    assert ep.finish() == 1, ep.describe()
+    [line] = error_lines(ep.err)
+    assert f"stopped by {signum.name} while connecting to tcp:127.0.0.1:{port}" in line, line
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
 def test_retry_relay_holds_early_bytes_for_late_backend(epcat_proc, listener):
     """
     listen ... connect X --retry 5: the client sends right after connecting,

@@ -374,3 +374,44 @@ def test_help_shows_the_lifecycle_examples(plans: list[Any]) -> None:
     assert result.exit_code == 0
     assert "connect tcp:127.0.0.1:22 --reconnect" in result.stdout
     assert "--max-connections 100 --allow" in result.stdout
+
+
+def test_listen_stdio_connect_is_connect(plans: list[Any]) -> None:
+    """
+    Twisted's stdio: server never stops "listening": 'listen stdio: connect
+    X' runs as 'connect X', which ends with its connection.
+    """
+    result = invoke(["listen", "stdio:", "connect", "tcp:127.0.0.1:1"])
+    assert result.exit_code == 0, result.output
+    [plan] = plans
+    assert plan.mode == "connect"
+    assert plan.listen is None
+    assert plan.connect == ("tcp:127.0.0.1:1",)
+
+
+def test_listen_stdio_alone_is_a_usage_error(
+    plans: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_main(["listen", "stdio:"], capsys)
+    assert status == 2
+    assert_one_line_usage_error(err)
+    assert "listen stdio:" in err
+    assert plans == []
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["listen", ""], "listen: empty server endpoint description"),
+        (["connect", " "], "connect: empty client endpoint description"),
+        (["listen", "tcp:0", "connect", ""], "connect: empty client endpoint description"),
+    ],
+)
+def test_empty_description_is_a_usage_error(
+    plans: list[Any], capsys: pytest.CaptureFixture[str], argv: list[str], named: str
+) -> None:
+    status, out, err = run_main(argv, capsys)
+    assert status == 2
+    assert_one_line_usage_error(err)
+    assert named in err
+    assert plans == []

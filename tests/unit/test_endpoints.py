@@ -93,6 +93,68 @@ def test_unknown_type_with_nothing_close(reactor: MemoryReactor) -> None:
     assert "did you mean" not in message
 
 
+def test_upper_case_type_says_types_are_lower_case(reactor: MemoryReactor) -> None:
+    message = server_error(reactor, "TCP:80")
+    assert_one_line(message, "TCP:80")
+    assert "unknown endpoint type 'TCP' (types are lower case: tcp)" in message
+
+
+def test_unknown_type_inside_tls_endpoint_is_the_one_named(reactor: MemoryReactor) -> None:
+    message = client_error(reactor, "tls:localhost:443:endpoint=tpc\\:1\\:2")
+    assert "unknown endpoint type 'tpc' (did you mean tcp?)" in message
+
+
+@pytest.mark.parametrize(
+    "description, named",
+    [
+        ("tcp:99999", "port=99999: expected a port number, 0-65535"),
+        ("tcp:-1", "port=-1: expected a port number, 0-65535"),
+        ("tcp6:70000", "port=70000"),
+        ("tcp:80:backlog=99999999999999999999", "backlog=99999999999999999999"),
+        ("tcp:80:backlog=-1", "backlog=-1"),
+        ("haproxy:tcp:99999", "port=99999"),
+    ],
+)
+def test_server_numbers_out_of_range(reactor: MemoryReactor, description: str, named: str) -> None:
+    message = server_error(reactor, description)
+    assert_one_line(message, description)
+    assert named in message
+
+
+@pytest.mark.parametrize(
+    "description, named",
+    [
+        ("tcp:127.0.0.1:99999", "port=99999: expected a port number, 1-65535"),
+        ("tcp:127.0.0.1:0", "port=0"),
+        ("tcp:host=127.0.0.1:port=70000", "port=70000"),
+        ("tls:localhost:99999", "port=99999"),
+        ("tcp:127.0.0.1:80:timeout=-1", "timeout=-1: expected a positive number of seconds"),
+        ("tcp:127.0.0.1:80:timeout=0", "timeout=0"),
+        ("unix:/tmp/x.sock:timeout=-1", "timeout=-1"),
+        ("tls:localhost:443:timeout=-5", "timeout=-5"),
+        ("tls:localhost:443:endpoint=tcp\\:127.0.0.1\\:443\\:timeout=-1", "timeout=-1"),
+    ],
+)
+def test_client_numbers_out_of_range(reactor: MemoryReactor, description: str, named: str) -> None:
+    """
+    Twisted takes ports and timeouts with int() and fails only when it
+    connects (a timeout below 0 with a traceback from callLater): they are
+    usage errors when parsed.
+    """
+    message = client_error(reactor, description)
+    assert_one_line(message, description)
+    assert named in message
+
+
+@pytest.mark.parametrize("kind", ["server", "client"])
+def test_wrappers_nested_past_the_recursion_limit(reactor: MemoryReactor, kind: str) -> None:
+    description = "haproxy:" * 2000 + "tcp:1"
+    error = server_error if kind == "server" else client_error
+    message = error(reactor, description)
+    assert message.startswith(f"bad {kind} endpoint description")
+    assert half_close_mode(description) == HALF_CLOSE_SHUTDOWN
+
+
 def test_missing_port(reactor: MemoryReactor) -> None:
     message = client_error(reactor, "tcp:example.com")
     assert_one_line(message, "tcp:example.com")
@@ -257,3 +319,56 @@ def test_half_close_mode(description: str, mode: str) -> None:
 )
 def test_endpoint_type(description: str, prefix: str) -> None:
     assert endpoint_type(description) == prefix
+
+
+def test_a_client_unix_path_too_long_fails_as_connecting_would(reactor: MemoryReactor) -> None:
+    """
+    Twisted's UNIX connector fails a path longer than sun_path with a
+    TypeError inside doConnect, and the attempt never ends: epcat fails it
+    when parsing, as the runtime failure it is (exit 1, like listening on
+    such a path).
+    """
+    from epcat.status import EpcatError, ExitStatus
+
+    description = "unix:/tmp/" + "a" * 120 + ".sock"
+    with pytest.raises(EpcatError) as raised:
+        parse_client(reactor, description)
+    assert raised.value.status == ExitStatus.FAILURE
+    assert "AF_UNIX path too long" in raised.value.message
+    assert "\n" not in raised.value.message
+    parse_client(reactor, "unix:/tmp/" + "a" * 90 + ".sock")  # fits
+
+
+@pytest.mark.parametrize(
+    "cidr, network",
+    [
+        ("::ffff:127.0.0.1", "127.0.0.1/32"),
+        ("::ffff:127.0.0.0/104", "127.0.0.0/8"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        ("127.0.0.0/8", "127.0.0.0/8"),
+        ("::1", "::1/128"),
+        ("::/0", "::/0"),  # (wider than the mapped range: left as IPv6)
+    ],
+)
+def test_ip_network_of_maps_ipv4_mapped_rules(cidr: str, network: str) -> None:
+    """
+    Peers are compared as IPv4 when IPv4-mapped (ip_of), so mapped rules
+    are turned into the IPv4 networks they map, or a --deny would never
+    match them.
+    """
+    import ipaddress
+
+    from epcat.endpoints import ip_network_of
+
+    assert ip_network_of(cidr) == ipaddress.ip_network(network)
+
+
+def test_access_list_denies_a_mapped_peer_by_a_mapped_rule() -> None:
+    from twisted.internet.address import IPv6Address
+
+    from epcat.run import AccessList
+
+    peer = IPv6Address("TCP", "::ffff:127.0.0.1", 40000)
+    assert AccessList((), ("::ffff:0:0/96",)).refuses(peer) is not None
+    assert AccessList((), ("::ffff:127.0.0.1/128",)).refuses(peer) is not None
+    assert AccessList(("::ffff:127.0.0.1/128",), ()).refuses(peer) is None
