@@ -127,6 +127,13 @@ def classify(failure: Failure | BaseException, timed_out: bool = False) -> tuple
         return ExitStatus.FAILURE, _os_reason(exc.socketError)
     if isinstance(exc, error.ConnectError):
         os_error = getattr(exc, "osError", None)
+        inners = (os_error, *exc.args)
+        if any(isinstance(getattr(i, "value", None), error.ConnectionDone) for i in inners):
+            # (Linux answers a non-blocking connect to a UNIX listener whose
+            # backlog is full with EAGAIN, which Twisted waits on as if in
+            # progress, and then sees the socket hang up: it reports a
+            # ConnectError holding a ConnectionDone failure)
+            return ExitStatus.CONNECT, "closed before the connection was made (a full backlog?)"
         text = _os_reason(os_error) if os_error else _connect_error_text(exc)
         if "timed out" in text.lower():
             return ExitStatus.TIMEOUT, "timed out"

@@ -151,3 +151,15 @@ def test_epcats_own_timeout_is_28_and_says_how_long() -> None:
     assert status == ExitStatus.TIMEOUT
     assert reason == "connect to tcp:h:1 timed out after 2.5 s"
     assert classify(TimedOut(10))[1] == "timed out after 10 s"
+
+
+def test_connect_error_holding_a_clean_close_is_one_line() -> None:
+    """
+    A UNIX listener with a full backlog: Twisted reports a ConnectError
+    holding a ConnectionDone failure, whose text ends in a newline and a
+    bracket; epcat says what it most likely is, as a connect failure.
+    """
+    wrapped = error.ConnectError(Failure(error.ConnectionDone()))
+    status, reason = classify(Failure(wrapped))
+    assert status == ExitStatus.CONNECT
+    assert reason == "closed before the connection was made (a full backlog?)"
