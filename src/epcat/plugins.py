@@ -22,6 +22,8 @@ spent once stdin has reached its end or stdout has been closed.
 C{exec:COMMAND} (L{ExecEndpoint}) runs COMMAND as a child process: the
 child's stdout and stdin are the stream; its stderr is epcat's own stderr
 (inherited, not read); the end of the stream towards it closes its stdin;
+closing the connection closes both pipes, and a child still running a
+moment later is sent SIGTERM, then SIGKILL (L{ExecTransport.loseConnection});
 its exit status is logged and kept on the transport (L{ExecTransport.exit}).
 COMMAND is split into words as a POSIX shell would (L{shlex.split}: quotes
 and backslashes) but is not run by a shell: write C{exec:sh -c "..."} for
@@ -87,8 +89,18 @@ EXEC_PREFIX = "exec"
 HOSTNAME_PREFIX = "hostname"
 
 #: Seconds an C{exec:} child may go on running after epcat closed its
-#: stdin and stdout before it is sent SIGTERM; as long again, and SIGKILL.
+#: stdin and stdout at the end of a pair (the child had closed its stdout
+#: already) before it is sent SIGTERM; as long again, and SIGKILL.
 KILL_GRACE = 5.0
+
+#: Seconds an C{exec:} child may go on running after epcat cut it off:
+#: closed its stdin and stdout while its stdout was still open (the other
+#: side of the pair was reset or otherwise lost, or epcat closed the pair)
+#: before it is sent SIGTERM; SIGKILL follows L{KILL_GRACE} later.  A child
+#: that does not read its stdin or write its stdout (C{sleep}) never
+#: notices the pipes closing; this keeps the pair, and its slot under
+#: --max-connections, from outliving the connection by more than a moment.
+CUT_OFF_GRACE = 1.0
 
 #: The child's file descriptors: stdin and stdout are pipes to epcat, its
 #: stderr is epcat's stderr (inherited, so it is passed through unread).
@@ -352,13 +364,15 @@ class ExecTransport:
     disconnecting = False
 
     def __init__(self, process: Any, protocol: Any, argv: Sequence[str], reactor: Any,
-                 kill_grace: float = KILL_GRACE) -> None:
+                 kill_grace: float = KILL_GRACE,
+                 cut_off_grace: float = CUT_OFF_GRACE) -> None:
         """
         @param process: the child's L{IProcessTransport}.
         @param protocol: the protocol this is the transport of.
         @param argv: the child's command line.
         @param reactor: an C{IReactorTime} provider (for the kill timers).
         @param kill_grace: seconds, see L{loseConnection}.
+        @param cut_off_grace: seconds, see L{loseConnection}.
         """
         self.process = process
         self._protocol = protocol
@@ -367,7 +381,10 @@ class ExecTransport:
         self.exit: ChildExit | None = None
         self._reactor = reactor
         self._kill_grace = kill_grace
+        self._cut_off_grace = cut_off_grace
         self._stdin_open = True
+        #: the child has not closed its stdout (nor has epcat)
+        self._stdout_open = True
         self._write_lost_wanted = False
         self._closing = False
         self._aborted = False
@@ -398,15 +415,25 @@ class ExecTransport:
     def loseConnection(self) -> None:
         """
         Close the child's stdin (after flushing) and stdout; if the child
-        has not exited within C{kill_grace} seconds, send it SIGTERM, and
-        SIGKILL as long again after that.
+        has not exited in time, send it SIGTERM, and SIGKILL C{kill_grace}
+        seconds after that.
+
+        In time is C{kill_grace} seconds when the child had closed its
+        stdout already (the stream ended both ways: it is finishing), and
+        C{cut_off_grace} seconds when it had not: epcat is cutting it off
+        (the other side of the connection was reset or lost, or epcat
+        closed the connection), and a child that neither reads its stdin
+        nor writes its stdout would never notice.
         """
         if self._closing or self.exit is not None:
             return
+        cut_off = self._stdout_open
         self._closing = True
         self.disconnecting = True
+        self._stdout_open = False
         self.process.loseConnection()
-        self._timer = self._reactor.callLater(self._kill_grace, self._kill, "TERM")
+        grace = self._cut_off_grace if cut_off else self._kill_grace
+        self._timer = self._reactor.callLater(grace, self._kill, "TERM", grace)
 
     def abortConnection(self) -> None:
         """
@@ -470,19 +497,27 @@ class ExecTransport:
         except (ProcessExitedAlready, OSError):
             pass
 
-    def _kill(self, signal_name: str) -> None:
+    def _kill(self, signal_name: str, waited: float) -> None:
+        """
+        Send the child C{signal_name} (C{"TERM"}, then C{"KILL"}) unless it
+        has exited; after SIGTERM, arm SIGKILL C{kill_grace} seconds later.
+
+        @param waited: seconds since its pipes were closed, for the log.
+        """
         self._timer = None
         if self.exit is not None:
             return
         _log.info(
-            "exec: {command} (pid {pid}) still running {grace} s after its pipes were "
+            "exec: {command} (pid {pid}) still running {waited:g} s after its pipes were "
             "closed: sending SIG{signal_name}",
-            command=shlex.join(self.argv), pid=self.pid, grace=self._kill_grace,
+            command=shlex.join(self.argv), pid=self.pid, waited=waited,
             signal_name=signal_name,
         )
         self._signal(signal_name)
         if signal_name == "TERM":
-            self._timer = self._reactor.callLater(self._kill_grace, self._kill, "KILL")
+            self._timer = self._reactor.callLater(
+                self._kill_grace, self._kill, "KILL", waited + self._kill_grace
+            )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -537,17 +572,18 @@ class _ExecProcessProtocol(ProcessProtocol):
     """
 
     def __init__(self, protocol: Any, argv: Sequence[str], reactor: Any,
-                 kill_grace: float) -> None:
+                 kill_grace: float, cut_off_grace: float = CUT_OFF_GRACE) -> None:
         self.protocol = protocol
         self.argv = tuple(argv)
         self.reactor = reactor
         self.kill_grace = kill_grace
+        self.cut_off_grace = cut_off_grace
         self.exec_transport: ExecTransport | None = None
 
     def makeConnection(self, process: Any) -> None:
         self.transport = process
         transport = ExecTransport(process, self.protocol, self.argv, self.reactor,
-                                  self.kill_grace)
+                                  self.kill_grace, self.cut_off_grace)
         self.exec_transport = transport
         _log.debug("exec: started {command} (pid {pid})", command=shlex.join(self.argv),
                    pid=process.pid)
@@ -566,6 +602,7 @@ class _ExecProcessProtocol(ProcessProtocol):
             if transport._write_lost_wanted:
                 transport._protocol_write_lost()
         elif childFD == 1 and not transport._closing:
+            transport._stdout_open = False
             half = IHalfCloseableProtocol(self.protocol, None)
             if half is not None:
                 half.readConnectionLost()
@@ -593,12 +630,14 @@ class ExecEndpoint:
     @ivar argv: the command line; the first word is looked up in C{PATH}.
     @ivar extra_env: variables added to (or replacing) epcat's environment.
     @ivar kill_grace: seconds, see L{ExecTransport.loseConnection}.
+    @ivar cut_off_grace: seconds, see L{ExecTransport.loseConnection}.
     """
 
     reactor: Any
     argv: tuple[str, ...] = attr.ib(converter=tuple)
     extra_env: Mapping[str, str] = attr.ib(factory=dict, converter=dict)
     kill_grace: float = KILL_GRACE
+    cut_off_grace: float = CUT_OFF_GRACE
 
     @argv.validator
     def _check_argv(self, attribute: Any, value: tuple[str, ...]) -> None:
@@ -644,7 +683,7 @@ class ExecEndpoint:
         if protocol is None:
             return defer.fail(ConnectError(string="exec: the factory refused the connection"))
         process_protocol = _ExecProcessProtocol(protocol, self.argv, self.reactor,
-                                                self.kill_grace)
+                                                self.kill_grace, self.cut_off_grace)
         try:
             self.reactor.spawnProcess(
                 process_protocol, executable, list(self.argv), env=env,

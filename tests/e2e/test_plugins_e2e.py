@@ -7,7 +7,9 @@ real stdin/stdout and real sockets on loopback.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -15,6 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from epcat.plugins import CUT_OFF_GRACE
 
 from .conftest import WAIT, no_traceback, recv_all
 
@@ -155,7 +159,7 @@ def test_exec_child_that_ignores_its_pipes_is_terminated(epcat_proc):
     """
     When epcat closes a pair (here by --half-close-timeout) it closes the
     child's pipes; a child that takes no notice is sent SIGTERM after the
-    grace period (5 s), and the pair ends cleanly.
+    cut-off grace period (1 s), and the pair ends cleanly.
     """
     ep = epcat_proc("-v", "--half-close-timeout", "0.5", "listen", LOCAL, "connect",
                     "exec:sleep 40")
@@ -171,6 +175,87 @@ def test_exec_child_that_ignores_its_pipes_is_terminated(epcat_proc):
         os.kill(child, 0)  # ended and reaped
     no_traceback(ep.err)
     assert "error" not in ep.err and "warning" not in ep.err, ep.err
+
+
+def reset(sock: socket.socket) -> None:
+    """Close C{sock} with a TCP RST (SO_LINGER on, 0 seconds) instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def is_our_sleep(pid: int) -> bool:
+    """Is C{pid} (still) a C{sleep 600} child, zombie or not?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read() == b"sleep\x00600\x00"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_exec_a_reset_client_ends_the_pair_and_the_child_promptly(epcat_proc):
+    """
+    A client that sends a byte and resets: the child (C{sleep}, which reads
+    no stdin and writes no stdout, so never notices its pipes closing) is
+    terminated a moment later, not after the 5 s grace of a pair that ended
+    both ways; the pair is logged closed with the reason, SIGUSR1 lists it
+    no more, and its --max-connections slot serves the next client.
+    """
+    ep = epcat_proc("-vv", "listen", LOCAL, "--max-connections", "1", "connect",
+                    "exec:sleep 600")
+    port = ep.port()
+    children: list[int] = []
+    try:
+        for conn_id in (1, 2):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+            child = int(ep.wait_stderr(
+                rf"^epcat: \[{conn_id}\] connected to exec sleep 600 \(pid (\d+)\)").group(1))
+            children.append(child)
+            sock.sendall(b"x")
+            reset(sock)
+            ep.wait_stderr(rf"^epcat: warning: \[{conn_id}\] connection on .* failed: "
+                           r"connection (lost|reset)")
+            # promptly: SIGTERM after the short cut-off grace, where before
+            # it came KILL_GRACE seconds after the pipes were closed (-vv
+            # says how long it waited: no clock read here)
+            ep.wait_stderr(rf"exec: sleep 600 \(pid {child}\) still running "
+                           rf"{CUT_OFF_GRACE:g} s after its pipes were ")
+            ep.wait_stderr(rf"^epcat: \[{conn_id}\] exec:sleep 600: killed by signal 15 "
+                           r"\(SIGTERM\)$")
+            ep.wait_stderr(
+                rf"^epcat: \[{conn_id}\] closed: 1 bytes inbound->outbound, 0 bytes "
+                r"outbound->inbound, ([\d.]+) s, inbound side ended first$")
+            assert not os.path.exists(f"/proc/{child}")  # ended and reaped
+            with pytest.raises(ProcessLookupError):
+                os.kill(child, 0)
+        ep.signal(signal.SIGUSR1)
+        ep.wait_stderr(r"^0 open pair\(s\)$")
+        ep.wait_stderr(r"^totals: 2 accepted, 0 refused, 2 failed, 2 closed, 0 open;")
+        assert ep.popen.poll() is None  # a relay goes on serving
+    finally:
+        # (the fixture SIGKILLs epcat, which would leave a child behind)
+        for child in children:
+            if is_our_sleep(child):
+                os.kill(child, signal.SIGKILL)
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+def test_exec_eof_is_no_reset_a_slow_child_still_answers(epcat_proc):
+    """
+    A clean EOF from the client (a half-close) only closes the child's
+    stdin: a child that answers later than the cut-off grace (1 s) after
+    it is neither cut off nor signalled, and exits by itself.
+    """
+    ep = epcat_proc("-v", "listen", LOCAL, "connect",
+                    'exec:sh -c "cat; sleep 2; echo done"')
+    port = ep.port()
+    assert exchange(port, b"data\n") == b"data\ndone\n"
+    ep.wait_stderr(r'^epcat: \[1\] exec:sh -c .*: exit status 0$')
+    ep.wait_stderr(r"^epcat: \[1\] closed: 5 bytes inbound->outbound, 10 bytes "
+                   r"outbound->inbound, .* s, inbound side ended first$")
+    no_traceback(ep.err)
+    assert "warning" not in ep.err and "SIG" not in ep.err, ep.err
 
 
 @pytest.mark.timeout(60)

@@ -29,6 +29,7 @@ from twisted.internet.error import (
     ConnectError,
     ConnectionAborted,
     ConnectionDone,
+    ConnectionLost,
     ProcessDone,
     ProcessExitedAlready,
     ProcessTerminated,
@@ -63,6 +64,7 @@ from epcat.plugins import (
     environment_for,
     split_command,
 )
+from epcat.relay import Pair, SideFactory
 from epcat.status import UsageError
 
 # -- helpers
@@ -461,16 +463,22 @@ def test_killed_by_a_signal_nobody_sent() -> None:
 
 
 def test_lose_connection_closes_the_pipes_then_terminates_then_kills() -> None:
-    reactor, protocol, transport, spawned = connect_exec("sleep 100", kill_grace=3.0)
+    """
+    The stream ended both ways (the child closed its stdout): closing waits
+    C{kill_grace} seconds for the child to finish before SIGTERM, and as
+    long again before SIGKILL.
+    """
+    reactor, protocol, transport, spawned = connect_exec("sleep 100", kill_grace=3.0,
+                                                         cut_off_grace=0.5)
     process = spawned["process"]
+    spawned["protocol"].childConnectionLost(1)  # it closed its stdout
+    assert protocol.events == ["made", "readLost"]
     transport.loseConnection()
     transport.loseConnection()
     assert process.calls == ["loseConnection"]
     assert transport.disconnecting
     transport.resumeProducing()  # ignored while closing
     assert "resume" not in process.calls
-    spawned["protocol"].childConnectionLost(1)  # we closed it: not a half-close
-    assert protocol.events == ["made"]
     reactor.advance(2.9)
     assert process.signals == []
     reactor.advance(0.2)
@@ -482,6 +490,125 @@ def test_lose_connection_closes_the_pipes_then_terminates_then_kills() -> None:
     # a consequence of closing, not a failure
     assert protocol.reason is not None and protocol.reason.check(ConnectionDone)
     assert reactor.getDelayedCalls() == []
+
+
+def test_lose_connection_cutting_the_child_off_terminates_it_soon() -> None:
+    """
+    Closing while the child's stdout is still open (the other side was
+    lost, or epcat closed the pair) cuts the child off: SIGTERM comes after
+    C{cut_off_grace} seconds, not C{kill_grace}, then SIGKILL C{kill_grace}
+    later, so a child that ignores its pipes (sleep) cannot keep the pair.
+    """
+    reactor, protocol, transport, spawned = connect_exec("sleep 100", kill_grace=3.0,
+                                                         cut_off_grace=0.5)
+    process = spawned["process"]
+    transport.loseConnection()
+    assert process.calls == ["loseConnection"]
+    spawned["protocol"].childConnectionLost(1)  # we closed it: not a half-close
+    assert protocol.events == ["made"]
+    reactor.advance(0.4)
+    assert process.signals == []
+    reactor.advance(0.2)
+    assert process.signals == ["TERM"]
+    reactor.advance(2.9)
+    assert process.signals == ["TERM"]
+    reactor.advance(0.2)
+    assert process.signals == ["TERM", "KILL"]
+    spawned["protocol"].processEnded(Failure(ProcessTerminated(None, signal.SIGKILL, 9)))
+    assert protocol.reason is not None and protocol.reason.check(ConnectionDone)
+    assert reactor.getDelayedCalls() == []
+
+
+def test_the_default_graces() -> None:
+    endpoint = ExecEndpoint(ProcessReactor(), ["cat"])
+    assert endpoint.kill_grace == plugins.KILL_GRACE == 5.0
+    assert endpoint.cut_off_grace == plugins.CUT_OFF_GRACE
+    assert 0 < plugins.CUT_OFF_GRACE < plugins.KILL_GRACE
+
+
+class HalfCloseTransport(StringTransport):
+    """
+    A L{StringTransport} that half-closes, and whose C{unregisterProducer}
+    with no producer is a no-op, as Twisted's TCP transport's.
+    """
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+
+def exec_pair(command: str) -> tuple[ProcessReactor, Pair, HalfCloseTransport, ExecTransport,
+                                     Any, list[str]]:
+    """
+    A relay pair: a TCP-like inbound side (a L{HalfCloseTransport}) joined
+    to an C{exec:} outbound side whose child is a L{FakeProcess}.
+    """
+    reactor = ProcessReactor()
+    events: list[str] = []
+    pair = Pair(reactor, 1, on_event=lambda event, pair, side: events.append(event))
+    inbound = HalfCloseTransport()
+    pair.inbound.makeConnection(inbound)
+    endpoint = ExecEndpoint(reactor, split_command(command), kill_grace=3.0,
+                            cut_off_grace=0.5)
+    endpoint.connect(SideFactory(pair.outbound))
+    assert pair.joined
+    transport = pair.outbound.transport
+    assert isinstance(transport, ExecTransport)
+    return reactor, pair, inbound, transport, reactor.spawned[0], events
+
+
+def test_a_reset_client_ends_the_pair_and_its_child_promptly() -> None:
+    """
+    The inbound connection is reset: the child's pipes are closed at once
+    and a child that ignores them (sleep) is terminated after the cut-off
+    grace, which ends the pair.
+    """
+    reactor, pair, _, transport, spawned, events = exec_pair("sleep 600")
+    process = spawned["process"]
+    pair.inbound.dataReceived(b"x")
+    assert process.written == [b"x"]
+    pair.inbound.connectionLost(Failure(ConnectionLost("Connection reset by peer")))
+    assert process.calls == ["closeStdin", "loseConnection"]
+    assert "closed" not in events
+    reactor.advance(0.5)
+    assert process.signals == ["TERM"]
+    spawned["protocol"].processEnded(Failure(ProcessTerminated(None, signal.SIGTERM, 15)))
+    assert transport.exit == ChildExit(None, signal.SIGTERM)
+    assert events[-1] == "closed"
+    assert pair.done.called
+    assert reactor.getDelayedCalls() == []
+
+
+def test_a_clean_eof_from_the_client_lets_the_child_finish() -> None:
+    """
+    The client's EOF (a half-close) closes the child's stdin only: no timer,
+    no signal; what the child writes after it still reaches the client.
+    """
+    reactor, pair, inbound, transport, spawned, events = exec_pair("sh -c 'cat; echo done'")
+    process = spawned["process"]
+    pair.inbound.dataReceived(b"x")
+    pair.inbound.readConnectionLost()
+    assert process.calls == ["closeStdin"]
+    reactor.advance(60)
+    assert process.signals == []
+    spawned["protocol"].childDataReceived(1, b"x")
+    spawned["protocol"].childDataReceived(1, b"done\n")
+    assert inbound.value() == b"xdone\n"
+    spawned["protocol"].childConnectionLost(0)
+    spawned["protocol"].childConnectionLost(1)  # its output ended: passed on
+    assert inbound.write_closed
+    spawned["protocol"].processEnded(Failure(ProcessDone(0)))
+    assert transport.exit == ChildExit(0)
+    assert process.signals == []
+    assert inbound.disconnecting  # both directions over: closed once flushed
+    assert "closed" not in events  # (until the inbound connection is gone)
+    pair.inbound.connectionLost(Failure(ConnectionDone()))
+    assert events[-1] == "closed"
 
 
 def test_a_child_that_exits_after_close_needs_no_signal() -> None:
