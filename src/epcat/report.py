@@ -15,7 +15,7 @@ from epcat import splice as zero_copy
 from epcat.endpoints import HALF_CLOSE_TLS
 from epcat.relay import Pair, RelaySide
 from epcat.status import ExitStatus, classify
-from epcat.ui import UI, address_fields, format_address
+from epcat.ui import NULL, UI, address_fields, format_address
 
 
 def pair_failure(pair: Pair) -> tuple[ExitStatus, str, RelaySide] | None:
@@ -180,7 +180,7 @@ class Reporter:
         """
         if not self.ui.enabled("info"):
             return
-        from epcat.tlsinfo import describe_session
+        from epcat.tlsinfo import describe_session, session_summary, time_left
 
         try:
             info = describe_session(transport, record, role)
@@ -188,13 +188,6 @@ class Reporter:
             self.ui.debug("tls", f"cannot describe the TLS session: {e}")
             return
         tag = f"[{conn_id}] " if conn_id is not None else ""
-        sni_word = "SNI sent" if role == "client" else "SNI received"
-        parts = [info["version"], info["cipher"]]
-        if info["alpn"]:
-            parts.append(f"ALPN {info['alpn']}")
-        if info["sni"]:
-            parts.append(f"{sni_word} {info['sni']}")
-        parts.append(f"verification {info['verification']}")
         if self.ui.log_format == "json":
             self.ui.info(
                 "tls",
@@ -204,13 +197,13 @@ class Reporter:
                 role=role,
                 tls_version=info["version"],
                 cipher=info["cipher"],
-                alpn=info["alpn"],
-                sni=info["sni"],
+                alpn=NULL if info["alpn"] is None else info["alpn"],
+                sni=NULL if info["sni"] is None else info["sni"],
                 verification=info["verification"],
                 chain=info["chain"],
             )
             return
-        lines = [f"{tag}TLS with the {side_name} side: " + ", ".join(parts)]
+        lines = [f"{tag}TLS with the {side_name} side: " + session_summary(info, role)]
         for depth, cert in enumerate(info["chain"]):
             sans = ", ".join(cert["subject_alt_names"]) or "none"
             lines.append(
@@ -218,7 +211,7 @@ class Reporter:
             )
             lines.append(
                 f"{tag}    SAN {sans}; valid {cert['not_before'][:10]} to "
-                f"{cert['not_after'][:10]} ({cert['days_left']} days left); "
+                f"{cert['not_after'][:10]} ({time_left(cert)}); "
                 f"{cert['key']}; SHA-256 {cert['sha256']}"
             )
         for line in lines:

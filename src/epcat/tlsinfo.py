@@ -9,27 +9,59 @@ verification, the peer's chain is verified again against the connection's
 own trust store with C{X509StoreContext}, which gives OpenSSL's reason
 (C{X509_V_ERR_*}, see openssl-verify(1) "DIAGNOSTICS") without touching the
 verify callback Twisted installed (that callback also checks the host name).
+A server sees no chain after a failed verification (OpenSSL keeps none in
+the session), so a C{tlsx:} server's verify callback notes OpenSSL's error
+as it happens (L{note_verify_error}).
 """
 
 from __future__ import annotations
 
 import datetime
+import weakref
 from typing import Any
 
 #: OpenSSL X509_V_ERR_* codes (include/openssl/x509_vfy.h) and what to say.
 _VERIFY_ERRORS = {
     2: "unable to get issuer certificate",
+    7: "certificate signature failure",
     9: "certificate is not yet valid",
     10: "certificate has expired",
     18: "self-signed certificate",
     19: "self-signed certificate in chain",
-    20: "unable to get local issuer certificate (is trustRoots= set?)",
-    21: "unable to verify the first certificate (is trustRoots= set?)",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    22: "certificate chain too long",
     23: "certificate revoked",
     24: "invalid CA certificate",
+    25: "path length constraint exceeded",
     26: "unsupported certificate purpose",
+    27: "certificate not trusted",
+    28: "certificate rejected",
     62: "hostname mismatch",
 }
+
+#: X509_V_ERR_* codes that mean the issuer is not among the trusted CAs.
+_UNKNOWN_ISSUER = frozenset({20, 21})
+
+#: The first verification error OpenSSL reported on a connection, as
+#: (C{X509_V_ERR_*} number, the pyOpenSSL certificate it concerned), noted
+#: by a verify callback (L{note_verify_error}); read by
+#: L{VerifyRecord.remember_peer}.
+_noted_errors: weakref.WeakKeyDictionary[Any, tuple[int, Any]] = weakref.WeakKeyDictionary()
+
+
+def note_verify_error(connection: Any, certificate: Any, errno: int) -> None:
+    """
+    Note the verification error OpenSSL reported on a server's C{connection}
+    about the client's certificate, from the server's verify callback (see
+    L{epcat.tlsx.server_verify_callback}).  Only the first is kept: it is
+    the one that failed the handshake.
+
+    @param connection: the C{OpenSSL.SSL.Connection}.
+    @param certificate: the C{OpenSSL.crypto.X509} the error concerns.
+    @param errno: the C{X509_V_ERR_*} number.
+    """
+    _noted_errors.setdefault(connection, (errno, certificate))
 
 
 class VerifyRecord:
@@ -41,6 +73,8 @@ class VerifyRecord:
     @ivar reason: OpenSSL's words for it.
     @ivar certificate: the C{cryptography} certificate it concerned.
     @ivar peer_certificate: the peer's own certificate, if it sent one.
+    @ivar client_certificate: the failure was epcat's check, as a server, of
+        a client's certificate (C{clientCA=}) rather than of a server's.
     """
 
     def __init__(self) -> None:
@@ -48,6 +82,7 @@ class VerifyRecord:
         self.reason: str | None = None
         self.certificate: Any = None
         self.peer_certificate: Any = None
+        self.client_certificate = False
         #: why the TCP connection under the TLS one ended (a Failure)
         self.tcp_reason: Any = None
         #: the error pending on the TCP socket when it was reported closed
@@ -75,6 +110,20 @@ class VerifyRecord:
         """
         try:
             connection = transport.getHandle()
+            noted = _noted_errors.pop(connection, None)
+        except Exception:
+            return
+        if noted is not None:
+            # (a server: what its verify callback saw; no chain is left)
+            self.errno, certificate = noted
+            self.reason = _VERIFY_ERRORS.get(self.errno)
+            self.client_certificate = True
+            try:
+                self.certificate = certificate.to_cryptography()
+            except Exception:
+                self.certificate = None
+            return
+        try:
             chain = connection.get_peer_cert_chain() or []
             # (after a failed verification OpenSSL keeps the chain the peer
             # sent, leaf first, but no longer a "peer certificate")
@@ -201,6 +250,11 @@ def _name(name: Any) -> str:
 
 
 def _subject_alt_names(certificate: Any) -> list[str]:
+    """
+    The subjectAltNames, each with the prefix C{openssl x509 -text} gives
+    it (C{DNS:}, C{IP Address:} shortened to C{IP:}, C{email:}, C{URI:},
+    C{DirName:}, C{Registered ID:}, C{othername:}).
+    """
     from cryptography import x509
 
     try:
@@ -213,8 +267,16 @@ def _subject_alt_names(certificate: Any) -> list[str]:
             names.append(f"DNS:{general_name.value}")
         elif isinstance(general_name, x509.IPAddress):
             names.append(f"IP:{general_name.value}")
+        elif isinstance(general_name, x509.RFC822Name):
+            names.append(f"email:{general_name.value}")
         elif isinstance(general_name, x509.UniformResourceIdentifier):
             names.append(f"URI:{general_name.value}")
+        elif isinstance(general_name, x509.DirectoryName):
+            names.append(f"DirName:{_name(general_name.value)}")
+        elif isinstance(general_name, x509.RegisteredID):
+            names.append(f"Registered ID:{general_name.value.dotted_string}")
+        elif isinstance(general_name, x509.OtherName):
+            names.append(f"othername:{general_name.type_id.dotted_string}")
         else:
             names.append(str(general_name.value))
     return names
@@ -275,7 +337,9 @@ def describe_session(transport: Any, record: VerifyRecord | None, role: str) -> 
     @param record: the connection's L{VerifyRecord}, from L{watch}.
     @param role: C{"client"} (epcat connected out) or C{"server"}.
     @return: C{version}, C{cipher}, C{alpn}, C{sni}, C{verification} and
-        C{chain} (the peer's certificates, as L{describe_certificate}).
+        C{chain} (the peer's certificates, as L{describe_certificate});
+        every key is always there, C{alpn} and C{sni} L{None} when none was
+        negotiated or sent.
     """
     connection = transport.getHandle()
     alpn = connection.get_alpn_proto_negotiated() or b""
@@ -292,6 +356,8 @@ def describe_session(transport: Any, record: VerifyRecord | None, role: str) -> 
         verification = "ok"
     elif role == "server" and not chain:
         verification = "no client certificate"
+    elif role == "client":
+        verification = "skipped (verify=no)"
     else:
         verification = "not verified"
     return {
@@ -302,6 +368,46 @@ def describe_session(transport: Any, record: VerifyRecord | None, role: str) -> 
         "verification": verification,
         "chain": [describe_certificate(c) for c in chain],
     }
+
+
+def session_summary(info: dict[str, Any], role: str) -> str:
+    """
+    One line of what L{describe_session} found, every item always named:
+    C{"TLSv1.3, TLS_AES_256_GCM_SHA384, ALPN none, SNI sent localhost,
+    verification ok"}; C{"ALPN h2"} when a protocol was agreed, C{"no SNI
+    sent"} (C{"no SNI received"} for a server) when there was no name.
+
+    @param info: what L{describe_session} returned.
+    @param role: C{"client"} (epcat connected out) or C{"server"}.
+    """
+    direction = "sent" if role == "client" else "received"
+    alpn = f"ALPN {info['alpn']}" if info["alpn"] else "ALPN none"
+    sni = f"SNI {direction} {info['sni']}" if info["sni"] else f"no SNI {direction}"
+    return ", ".join(
+        [info["version"], info["cipher"], alpn, sni, f"verification {info['verification']}"]
+    )
+
+
+def time_left(certificate: dict[str, Any], now: datetime.datetime | None = None) -> str:
+    """
+    How long a certificate has left, in days: C{"30 days left"}, C{"1 day
+    left"}, C{"less than a day left"}; or how long ago it expired:
+    C{"expired 327 days ago"}, C{"expired less than a day ago"}.
+
+    @param certificate: what L{describe_certificate} returned.
+    @param now: the time to count from (default: now, UTC).
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    not_after = datetime.datetime.fromisoformat(certificate["not_after"])
+    if not_after >= now:
+        return _days((not_after - now).days, "less than a day left", "{} left")
+    return _days((now - not_after).days, "expired less than a day ago", "expired {} ago")
+
+
+def _days(days: int, none: str, some: str) -> str:
+    if days == 0:
+        return none
+    return some.format("1 day" if days == 1 else f"{days} days")
 
 
 def verification_failure(
@@ -324,6 +430,11 @@ def verification_failure(
     # A chain OpenSSL rejects is the more basic failure; Twisted's verify
     # callback may have reported the name first.
     text = _VERIFY_ERRORS.get(record.errno) or record.reason or f"OpenSSL error {record.errno}"
+    if record.errno in _UNKNOWN_ISSUER:
+        if record.client_certificate:
+            text += " (is it signed by a CA in clientCA=?)"
+        else:
+            text += " (is trustRoots= set?)"
     certificate = record.certificate
     if certificate is not None:
         if record.errno == 10:

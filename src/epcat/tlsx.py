@@ -903,7 +903,37 @@ def server_options(
                 requireCertificate=False,
                 caCerts=[c.original for c in authorities],
             )
-    return _with_keylog(CertificateOptions(**kwargs))
+    options = _with_keylog(CertificateOptions(**kwargs))
+    if clientCA is not None:
+        # (the context is made now, before any connection uses it)
+        context = options.getContext()
+        context.set_verify(context.get_verify_mode(), server_verify_callback)
+    return options
+
+
+def server_verify_callback(
+    connection: Any, certificate: Any, error: int, depth: int, ok: int
+) -> bool:
+    """
+    The verify callback of a C{tlsx:} server that checks client
+    certificates: OpenSSL's verdict stands (as on the context
+    L{CertificateOptions} builds, which sets no callback), and the first
+    error is noted for L{epcat.tlsinfo.VerifyRecord} (a server keeps no
+    client chain after a failed verification, so the reason cannot be
+    worked out later).
+
+    @param connection: the C{OpenSSL.SSL.Connection}.
+    @param certificate: the C{OpenSSL.crypto.X509} being checked.
+    @param error: OpenSSL's C{X509_V_ERR_*} number for it (0: none).
+    @param depth: its place in the chain (0: the client's own).
+    @param ok: OpenSSL's verdict.
+    @return: C{ok}.
+    """
+    if not ok:
+        from epcat.tlsinfo import note_verify_error
+
+        note_verify_error(connection, certificate, error)
+    return bool(ok)
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
@@ -984,4 +1014,5 @@ __all__ = [
     "client_endpoint",
     "client_settings",
     "server_options",
+    "server_verify_callback",
 ]

@@ -28,6 +28,23 @@ QUIET, DEFAULT, VERBOSE, DEBUG = -1, 0, 1, 2
 _LEVELS = {"error": QUIET, "warning": DEFAULT, "info": VERBOSE, "debug": DEBUG}
 _STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
 
+
+class _Null:
+    """
+    The type of L{NULL}.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+#: A field value that JSON shows as C{null}.  Fields whose value is L{None}
+#: are left out of the JSON object; a field that is always there (a TLS
+#: event's C{alpn} and C{sni}) gives this instead when it has no value.
+NULL = _Null()
+
 #: Events whose message is several lines on purpose: a traceback at -vv, and
 #: Twisted's own log events (which may end with one).  In text logs their
 #: line breaks are kept; every other event is one line.
@@ -76,7 +93,8 @@ class UI:
         @param event: a short machine name (C{listening}, C{accepted},
             C{connecting}, C{connected}, C{closed}, C{failed}, ...).
         @param message: the text form, without the C{epcat:} prefix.
-        @param fields: structured detail for JSON (addresses, byte counts).
+        @param fields: structured detail for JSON (addresses, byte counts);
+            L{None} values are left out, L{NULL} ones shown as C{null}.
         """
         if not self.enabled(level):
             return
@@ -89,7 +107,9 @@ class UI:
                 "event": event,
                 "message": message,
             }
-            record.update({k: v for k, v in fields.items() if v is not None})
+            record.update(
+                {k: None if v is NULL else v for k, v in fields.items() if v is not None}
+            )
             self._write(json.dumps(record, default=str) + "\n")
             return
         prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")

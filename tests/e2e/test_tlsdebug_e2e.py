@@ -106,10 +106,10 @@ def test_v_tls_detail_for_connect_tls_to_s_server(spawn, epcat_proc, tls_files, 
     """
     epcat -v connect tls:localhost:P:trustRoots=DIR to openssl s_server
     -rev with an RSA certificate valid for 30 more days: the TLS line has
-    the version and cipher s_server reports, "SNI sent localhost" and
-    "verification ok"; certificate 0 has the subject, issuer, dates and
-    SHA-256 fingerprint openssl x509 prints, the SAN, "30 days left" and
-    "RSA 2048".
+    the version and cipher s_server reports, "ALPN none", "SNI sent
+    localhost" and "verification ok"; certificate 0 has the subject,
+    issuer, dates and SHA-256 fingerprint openssl x509 prints, the SAN,
+    "30 days left" and "RSA 2048".
     """
     import trustme
 
@@ -125,8 +125,8 @@ def test_v_tls_detail_for_connect_tls_to_s_server(spawn, epcat_proc, tls_files, 
         assert (version, cipher) == ("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256")
 
     lines = ep.err.splitlines()
-    assert (f"epcat: [1] TLS with the outbound side: {version}, {cipher}, SNI sent localhost, "
-            "verification ok") in lines, ep.err
+    assert (f"epcat: [1] TLS with the outbound side: {version}, {cipher}, ALPN none, "
+            "SNI sent localhost, verification ok") in lines, ep.err
     assert facts.subject.startswith("CN=localhost,"), facts.subject
     assert (f"epcat: [1]   certificate 0: subject {facts.subject}; issuer {facts.issuer}"
             in lines), ep.err
@@ -162,6 +162,7 @@ def test_v_json_tls_event_for_connect_tls(spawn, epcat_proc, tls_files, tmp_path
     assert record["tls_version"] == version
     assert record["cipher"] == cipher
     assert record["sni"] == "localhost"
+    assert record["alpn"] is None  # (always there: null when not negotiated)
     assert record["verification"] == "ok"
     assert record["conn"] == 1
     assert len(record["chain"]) == 1, record
@@ -182,8 +183,9 @@ def test_v_json_tls_event_for_connect_tls(spawn, epcat_proc, tls_files, tmp_path
 def test_v_tls_detail_for_own_ssl_listener(epcat_proc, server, tls_files, log_format):
     """
     epcat -v listen ssl:0:... connect tcp:BACKEND, then curl --cacert: the
-    inbound side's TLS line has the version and cipher curl reports and
-    "SNI received localhost" (in JSON: sni "localhost", no client chain).
+    inbound side's TLS line has the version and cipher curl reports, "ALPN
+    none" (curl offers h2 and http/1.1; ssl: names no protocols) and "SNI
+    received localhost" (in JSON: sni "localhost", no client chain).
     """
     body = b"served through epcat's ssl: listener\n"
     srv = server(http_handler(body))
@@ -197,8 +199,8 @@ def test_v_tls_detail_for_own_ssl_listener(epcat_proc, server, tls_files, log_fo
     if log_format == "text":
         m = ep.wait_stderr(r"^epcat: \[1\] TLS with the inbound side: ")
         assert m.string.startswith(
-            f"epcat: [1] TLS with the inbound side: {version}, {cipher}, SNI received localhost, "
-            "verification "
+            f"epcat: [1] TLS with the inbound side: {version}, {cipher}, ALPN none, "
+            "SNI received localhost, verification "
         ), ep.err
         # no client certificate, so no chain lines
         ep.wait_stderr(r"^epcat: \[1\] closed: ")

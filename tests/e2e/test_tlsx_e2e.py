@@ -6,6 +6,7 @@ on loopback, with trustme certificates made per test.
 
 from __future__ import annotations
 
+import datetime
 import re
 import socket
 import subprocess
@@ -23,8 +24,9 @@ VERIFY_NO_WARNING = "epcat: warning: tlsx: verify=no: the server's certificate i
 class PKI:
     """
     Files for the tests: a CA; server certificates for C{sni.example} only
-    and for C{localhost}/127.0.0.1; a client certificate from the CA and one
-    from an unrelated CA; a self-signed certificate (a CA's own).
+    and for C{localhost}/127.0.0.1; a client certificate from the CA, an
+    expired one from the CA (not after 2025-01-02) and one from an unrelated
+    CA; a self-signed certificate (a CA's own).
     """
 
     def __init__(self, root: Path) -> None:
@@ -50,6 +52,13 @@ class PKI:
         stranger = other.issue_cert("client.example")
         self.stranger_cert = self._write("stranger.pem", stranger.cert_chain_pems[0].bytes())
         self.stranger_key = self._write("stranger.key", stranger.private_key_pem.bytes())
+        expired = ca.issue_cert(
+            "client.example",
+            not_before=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),
+            not_after=datetime.datetime(2025, 1, 2, 12, 0, tzinfo=datetime.timezone.utc),
+        )
+        self.expired_cert = self._write("expired.pem", expired.cert_chain_pems[0].bytes())
+        self.expired_key = self._write("expired.key", expired.private_key_pem.bytes())
         self_signed = trustme.CA()  # a CA certificate signs itself
         self.self_signed_cert = self._write("self.pem", self_signed.cert_pem.bytes())
         self.self_signed_key = self._write("self.key", self_signed.private_key_pem.bytes())
@@ -174,13 +183,17 @@ def test_client_alpn(spawn, epcat_proc, pki):
 def test_client_verify_no_against_a_self_signed_server(spawn, epcat_proc, pki):
     """
     verify=no connects to a self-signed server under any name and warns on
-    stderr; the same description without verify=no fails with exit 60.
+    stderr (-v: "verification skipped (verify=no)"); the same description
+    without verify=no fails with exit 60.
     """
     _, port = s_server(spawn, "-cert", pki.self_signed_cert, "-key", pki.self_signed_key)
-    ep = epcat_proc("connect", f"tlsx:localhost:{port}:verify=no", stdin=stdin_lines())
+    ep = epcat_proc("-v", "connect", f"tlsx:localhost:{port}:verify=no", stdin=stdin_lines())
     assert ep.finish() == 0, ep.describe()
     assert ep.out == reversed_lines()
     assert ep.err.splitlines().count(VERIFY_NO_WARNING) == 1, ep.err
+    assert re.search(r"^epcat: \[1\] TLS with the outbound side: .*, ALPN none, "
+                     r"SNI sent localhost, verification skipped \(verify=no\)$",
+                     ep.err, re.M), ep.err
     no_traceback(ep.err)
 
     _, port = s_server(spawn, "-cert", pki.self_signed_cert, "-key", pki.self_signed_key)
@@ -299,13 +312,13 @@ def curl(port: int, ca_pem: str, *extra: str) -> subprocess.CompletedProcess[byt
     )
 
 
-def tlsx_server(epcat_proc, server, pki, extra: str = ""):
+def tlsx_server(epcat_proc, server, pki, extra: str = "", *options: str):
     """
-    epcat -v listen tlsx:0:interface=127.0.0.1:...EXTRA connect tcp:ORIGIN;
-    returns (epcat process, its port).
+    epcat -v listen [OPTIONS] tlsx:0:interface=127.0.0.1:...EXTRA connect
+    tcp:ORIGIN; returns (epcat process, its port).
     """
     origin = server(http_handler)
-    ep = epcat_proc("-v", "listen",
+    ep = epcat_proc("-v", "listen", *options,
                     f"tlsx:0:interface=127.0.0.1:privateKey={pki.local_key}"
                     f":certKey={pki.local_cert}{extra}",
                     "connect", f"tcp:{origin.address}")
@@ -357,6 +370,78 @@ def test_server_mutual_tls(epcat_proc, server, pki):
     result = curl(port, pki.ca_pem, "--cert", pki.client_cert, "--key", pki.client_key)
     assert result.returncode == 0, result.stderr + ep.err.encode()
     assert result.stdout == BODY
+    no_traceback(ep.err)
+
+
+def subject_of(cert_pem: str) -> str:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(Path(cert_pem).read_bytes()).subject.rfc4514_string()
+
+
+def unknown_ca_reason(pki: PKI) -> str:
+    """
+    Why the certificate from another CA fails, as epcat says it.
+    """
+    return ("unable to get local issuer certificate (is it signed by a CA in clientCA=?); "
+            f"certificate subject {subject_of(pki.stranger_cert)}")
+
+
+EXPIRED_REASON = "certificate has expired (not after 2025-01-02)"
+
+
+def client_failed(prefix: str) -> str:
+    """
+    epcat's line about a client certificate a tlsx: listener rejected,
+    after C{prefix} (C{"warning: [N] "} or C{"error: "}); group 1 is why.
+    """
+    return (rf"^epcat: {re.escape(prefix)}TLS handshake with a client on tlsx:\S+ failed: "
+            r"TLS certificate verification failed: (.*)$")
+
+
+@pytest.mark.timeout(60)
+def test_server_mutual_tls_says_why_a_client_certificate_failed(epcat_proc, server, pki):
+    """
+    A relay with requireClientCert=yes:clientCA=CA: curl --cert with a
+    certificate from another CA, then with an expired one from the CA: each
+    failure is one warning saying why, in the words the client side uses
+    ("unable to get local issuer certificate", "certificate has expired
+    (not after ...)"); the relay goes on and serves a good certificate.
+    """
+    ep, port = tlsx_server(epcat_proc, server, pki,
+                           f":requireClientCert=yes:clientCA={pki.ca_pem}")
+    result = curl(port, pki.ca_pem, "--cert", pki.stranger_cert, "--key", pki.stranger_key)
+    assert result.returncode != 0, result
+    assert ep.wait_stderr(client_failed("warning: [1] ")).group(1) == unknown_ca_reason(pki)
+    result = curl(port, pki.ca_pem, "--cert", pki.expired_cert, "--key", pki.expired_key)
+    assert result.returncode != 0, result
+    assert ep.wait_stderr(client_failed("warning: [2] ")).group(1) == EXPIRED_REASON
+    result = curl(port, pki.ca_pem, "--cert", pki.client_cert, "--key", pki.client_key)
+    assert result.returncode == 0, result.stderr + ep.err.encode()
+    assert result.stdout == BODY
+    assert ep.popen.poll() is None, ep.describe()
+    assert "certificate verify failed" not in ep.err, ep.err
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("client", ["stranger", "expired"])
+def test_server_once_mutual_tls_failure_exit_60_says_why(epcat_proc, server, pki, client):
+    """
+    listen --once: a client certificate that fails verification ends epcat
+    with exit 60 and one error line saying why.
+    """
+    ep, port = tlsx_server(epcat_proc, server, pki,
+                           f":requireClientCert=yes:clientCA={pki.ca_pem}", "--once")
+    cert, key = getattr(pki, f"{client}_cert"), getattr(pki, f"{client}_key")
+    result = curl(port, pki.ca_pem, "--cert", cert, "--key", key)
+    assert result.returncode != 0, result
+    assert ep.finish() == 60, ep.describe()
+    errors = [line for line in ep.err.splitlines() if line.startswith("epcat: error:")]
+    assert len(errors) == 1, ep.err
+    m = re.match(client_failed("error: "), errors[0])
+    assert m, ep.err
+    assert m.group(1) == (unknown_ca_reason(pki) if client == "stranger" else EXPIRED_REASON)
     no_traceback(ep.err)
 
 

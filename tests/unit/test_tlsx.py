@@ -10,6 +10,7 @@ Certificates come from trustme, made per test.
 
 from __future__ import annotations
 
+import datetime
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from epcat import tlsfix, tlsx
+from epcat import tlsfix, tlsinfo, tlsx
 from epcat.tlsx import (
     VERIFY_NO_WARNING,
     TLSXClientParser,
@@ -80,6 +81,11 @@ class PKI:
         self.server = self.ca.issue_cert("localhost", "127.0.0.1")
         self.client = self.ca.issue_cert("client.example")
         self.stranger = self.other_ca.issue_cert("client.example")
+        self.expired = self.ca.issue_cert(
+            "client.example",
+            not_before=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc),
+            not_after=datetime.datetime(2025, 1, 2, 12, 0, tzinfo=datetime.timezone.utc),
+        )
         self.ca_pem = self.write("ca.pem", self.ca.cert_pem.bytes())
         self.ca_dir = self.root / "cadir"
         self.ca_dir.mkdir()
@@ -258,7 +264,7 @@ def dial(description: str, peer: Peer) -> Run:
     return Run(app, peer, reactor)
 
 
-def serve(description: str, peer: Peer) -> Run:
+def serve(description: str, peer: Peer, app: App | None = None) -> Run:
     """
     Parse a server description and run one accepted connection against the
     client C{peer}, with the context factory the reactor recorded, wrapped in
@@ -266,7 +272,7 @@ def serve(description: str, peer: Peer) -> Run:
     """
     reactor = MemoryReactorClock()
     endpoint = serverFromString(reactor, description)
-    app = App()
+    app = app or App()
     endpoint.listen(Factory.forProtocol(lambda: app))
     _port, _factory, options, _backlog, _interface = reactor.sslServers[-1]
     tls = TLSMemoryBIOFactory(options, False, Factory.forProtocol(lambda: app)).buildProtocol(
@@ -754,6 +760,81 @@ def test_mutual_tls_rejects_a_certificate_from_another_ca(pki: PKI) -> None:
 def test_mutual_tls_accepts_a_certificate_signed_by_client_ca(pki: PKI) -> None:
     run = serve(mtls(pki), peer_client(cert=pki.client))
     assert run.app.handshake_done, run.app.lost
+
+
+class Reporting(App):
+    """
+    An application that, when its connection ends, works out why the peer
+    failed verification as epcat's relay does (L{tlsinfo.VerifyRecord}).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record = tlsinfo.VerifyRecord()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.record.remember_peer(self.transport)
+        super().connectionLost(reason)
+
+    def why(self) -> str | None:
+        assert self.lost is not None
+        return tlsinfo.verification_failure(self.lost.value, self.record, None)
+
+
+def test_mutual_tls_says_why_a_certificate_from_another_ca_failed(pki: PKI) -> None:
+    """
+    The server's verify callback notes OpenSSL's reason, which a server
+    cannot learn afterwards (no client chain is left once verification
+    failed): the words the client side gives, with clientCA= to check.
+    """
+    app = Reporting()
+    run = serve(mtls(pki), peer_client(cert=pki.stranger), app)
+    assert not run.app.handshake_done and failed_verification(run)
+    subject = pki.stranger.cert_chain_pems[0]
+    assert app.record.errno == 20 and app.record.client_certificate
+    assert app.why() == (
+        "unable to get local issuer certificate (is it signed by a CA in clientCA=?); "
+        "certificate subject "
+        + x509.load_pem_x509_certificate(subject.bytes()).subject.rfc4514_string()
+    )
+
+
+def test_mutual_tls_says_a_client_certificate_has_expired(pki: PKI) -> None:
+    app = Reporting()
+    run = serve(mtls(pki), peer_client(cert=pki.expired), app)
+    assert not run.app.handshake_done and failed_verification(run)
+    assert app.why() == "certificate has expired (not after 2025-01-02)"
+
+
+def test_optional_client_certificate_says_why_it_failed(pki: PKI) -> None:
+    app = Reporting()
+    run = serve(f"tlsx:0:privateKey={pki.server_both}:clientCA={pki.ca_pem}"
+                ":requireClientCert=no", peer_client(cert=pki.expired), app)
+    assert not run.app.handshake_done
+    assert app.why() == "certificate has expired (not after 2025-01-02)"
+
+
+def test_mutual_tls_success_notes_nothing(pki: PKI) -> None:
+    app = Reporting()
+    run = serve(mtls(pki), peer_client(cert=pki.client), app)
+    assert run.app.handshake_done, run.app.lost
+    assert app.transport.getHandle() not in tlsinfo._noted_errors
+    assert app.record.errno is None
+
+
+def test_server_verify_callback_keeps_openssl_verdict() -> None:
+    """
+    The callback only notes: OpenSSL's verdict is what it returns.
+    """
+
+    class Connection:
+        pass
+
+    connection, certificate = Connection(), object()
+    assert tlsx.server_verify_callback(connection, certificate, 0, 0, 1) is True
+    assert connection not in tlsinfo._noted_errors
+    assert tlsx.server_verify_callback(connection, certificate, 10, 0, 0) is False
+    assert tlsinfo._noted_errors[connection] == (10, certificate)
 
 
 def test_optional_client_certificate(pki: PKI) -> None:
