@@ -378,6 +378,15 @@ class RelaySide(Protocol):
         """Bytes read from this side and not yet written to the other."""
         return self._held_size
 
+    @property
+    def write_lost(self) -> bool:
+        """
+        Did this side's consumer go away before epcat ended the direction
+        towards it (C{EPIPE} on stdout: a reader such as C{head} that
+        exits)?  What was still to be written to it is lost.
+        """
+        return self._write_gone and not self._write_shutdown_requested
+
     def pause_until_joined(self) -> None:
         """
         Stop reading from this side until the other side is connected (while

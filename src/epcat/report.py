@@ -30,6 +30,11 @@ def pair_failure(pair: Pair) -> tuple[ExitStatus, str, RelaySide] | None:
         status, reason = classify(pair.outbound_failure)
         return status, reason, pair.outbound
     for side in (pair.outbound, pair.inbound):
+        if side.write_lost and pair.close_reason is None:
+            # (as socat's and curl's write errors: what was still coming
+            # for that reader was not delivered)
+            return ExitStatus.FAILURE, "its reader went away (broken pipe)", side
+    for side in (pair.outbound, pair.inbound):
         reason = side.lost_reason
         if reason is None or side.connected_at is None:
             continue
@@ -423,7 +428,11 @@ class Reporter:
                 **self._totals_fields(pairs),
             )
             return
-        self.ui.raw("\n".join(lines) + "\n")
+        from epcat.ui import printable
+
+        # (each line escaped on its own: a peer's name, a UNIX socket path
+        # say, must not add a line of its own)
+        self.ui.raw("\n".join(printable(line) for line in lines) + "\n")
 
     def print_stats(self, pairs: list[Pair]) -> None:
         """

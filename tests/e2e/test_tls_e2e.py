@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import (
+    EPCAT,
     WAIT,
     echo_handler,
     no_subject_alt_name,
@@ -577,3 +578,45 @@ def test_tls_origination_server_closes_first_with_close_notify_and_fin(
     assert ep.out == b"hi\n"
     assert srv.wait_results(1) == [request]
     no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scheme", ["tls", "tcp"])
+def test_stdout_reader_gone_is_a_failure(server, tls_files, scheme):
+    """
+    epcat connect X | head -c 100, X sending 8 MB: once the reader has gone,
+    epcat exits 1 with one error line (as socat's and curl's write errors
+    do), over TLS as over TCP, never 0 with the rest silently lost.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files.cert, tls_files.key)
+
+    def sender(conn: socket.socket) -> None:
+        stream = context.wrap_socket(conn, server_side=True) if scheme == "tls" else conn
+        stream.recv(100)
+        try:
+            for _ in range(128):
+                stream.sendall(b"x" * 65536)
+        except OSError:
+            pass  # (epcat went away)
+
+    srv = server(sender)
+    target = (f"tls:localhost:{srv.port}:trustRoots={tls_files.ca_dir}" if scheme == "tls"
+              else f"tcp:{srv.address}")
+    proc = subprocess.Popen(EPCAT + ["connect", target], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"GET /big HTTP/1.0\r\n\r\n")
+        proc.stdin.close()
+        assert len(proc.stdout.read(100)) == 100
+        proc.stdout.close()  # the reader goes away, as head does
+        status = proc.wait(timeout=WAIT)
+        err = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 1, err
+    line = one_error_line(err)
+    assert "stdio" in line, line
+    no_traceback(err)
