@@ -103,6 +103,11 @@ def _read_closed_by_close_notify(tls: Any) -> bool:
 
     if tls.__dict__.get("_epcat_read_closed"):
         return True  # (told already: more records after the close_notify)
+    if tls.disconnecting:
+        # The answer to epcat's own close_notify, sent by loseConnection:
+        # the shutdown is complete, and Twisted closes TCP (without this the
+        # connection waited for a TCP FIN it had stopped reading for).
+        return False
     half = IHalfCloseableProtocol(tls.wrappedProtocol, None)
     if half is None:
         return False

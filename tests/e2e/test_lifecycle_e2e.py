@@ -183,6 +183,36 @@ def test_idle_timeout_closes_silent_pair(epcat_proc, server):
 
 
 @pytest.mark.timeout(60)
+def test_idle_timeout_on_a_tls_listener_closes_once_the_client_answers(
+    epcat_proc, server, tls_files
+):
+    """
+    --idle-timeout 1 on an ssl: listener: epcat sends its close_notify; the
+    client answers with its own, and epcat closes TCP then (a clean EOF),
+    not when its 10 s grace for a silent peer is up (by then with a reset),
+    so the pair's --max-connections slot is free at once.
+    """
+    import ssl
+
+    srv = server(echo_handler)
+    listen = (f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}"
+              f":certKey={tls_files.cert}")
+    ep = epcat_proc("-v", "--idle-timeout", "1", "listen", listen, "--max-connections", "1",
+                    "connect", f"tcp:{srv.address}")
+    port = ep.port()
+    context = ssl.create_default_context(cafile=str(tls_files.ca_pem))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    tls = context.wrap_socket(raw, server_hostname="localhost")
+    assert tls.recv(10) == b""  # epcat's close_notify, after the idle second
+    plain = tls.unwrap()  # ours back: the TLS layer is done, TCP stays
+    with plain:
+        plain.settimeout(WAIT)
+        assert plain.recv(10) == b""  # a FIN, not a reset ten seconds later
+    ep.wait_stderr(r"\[1\] closed: .*idle timeout")
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
 def test_half_close_timeout_closes_pair_whose_server_never_closes(epcat_proc, server):
     """
     --half-close-timeout 1: the client shuts down its write side; the server

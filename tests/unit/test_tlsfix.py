@@ -328,6 +328,26 @@ def test_close_notify_is_told_once(fresh: None) -> None:
     assert not session.wire.disconnecting
 
 
+def test_close_notify_answering_epcats_own_closes_tcp(fresh: None) -> None:
+    """
+    epcat closes first (loseConnection: its close_notify, as on an idle
+    timeout); the peer's close_notify that answers it completes the
+    shutdown, and TCP is closed at once, as Twisted does, not taken as a
+    half-close that leaves the connection waiting for a FIN it no longer
+    reads.
+    """
+    tlsfix.install()
+    session = Session(HalfCloser())
+    session.server.loseConnection()
+    session.client_reads()
+    assert session.client.get_shutdown() & SSL.RECEIVED_SHUTDOWN
+    assert not session.wire.disconnecting  # (waiting for the answer)
+    session.client.shutdown()  # the peer's close_notify
+    session.to_server()
+    assert session.wire.disconnecting
+    assert session.protocol.read_lost == 0
+
+
 def test_close_notify_still_ends_a_protocol_that_does_not_half_close(fresh: None) -> None:
     """
     Protocols without C{IHalfCloseableProtocol} see what Twisted gives them:
