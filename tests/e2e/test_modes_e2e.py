@@ -16,6 +16,7 @@ import pytest
 from .conftest import (
     EPCAT,
     WAIT,
+    echo_handler,
     exchange,
     free_port,
     no_traceback,
@@ -268,3 +269,25 @@ def test_systemd_socket_activation_without_fdname_says_what_to_add(spawn):
         proc.wait_stderr(r"^epcat: error: .*without LISTEN_FDNAMES.*--fdname=NAME")
     assert proc.popen.wait(timeout=30) == 2, proc.describe()
     no_traceback(proc.err)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("closed", [0, 1], ids=["stdin", "stdout"])
+def test_a_closed_standard_descriptor_reads_as_dev_null(server, closed):
+    """
+    epcat connect X <&- (or >&-): a closed stdin reads as empty and a closed
+    stdout discards, as </dev/null and >/dev/null would; epcat ends with 0,
+    with no traceback, rather than failing with EBADF in a loop.
+    """
+    srv = server(echo_handler)
+    result = subprocess.run(
+        EPCAT + ["connect", f"tcp:{srv.address}"],
+        input=b"hello" if closed == 1 else None,
+        stdout=subprocess.PIPE if closed == 0 else None,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(closed),  # (in the child, before exec)
+        timeout=WAIT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert srv.wait_results(1) == [b"" if closed == 0 else b"hello"]
+    no_traceback(result.stderr.decode())
