@@ -390,10 +390,6 @@ def connect(
     """
     from epcat.plan import ConnectOptions
 
-    if fail_after is not None and not reconnect:
-        raise UsageError(
-            "connect: --fail-after goes with --reconnect (for one-off attempts use --retry N)"
-        )
     options = ConnectOptions(
         connect_timeout,
         retry,

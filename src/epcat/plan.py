@@ -232,6 +232,22 @@ def make_plan(
                 "listen: --workers N applies to a relay (listen SERVER connect CLIENT) "
                 "that serves many connections"
             )
+        if any(o.fail_after is not None for o in plan.connect_options) and not plan.reconnect:
+            # (in a tunnel, --reconnect after either leg will do)
+            raise UsageError(
+                "connect: --fail-after goes with --reconnect (for one-off attempts use --retry N)"
+            )
+        if plan.mode == TUNNEL:
+            default = ConnectOptions()
+            for name in ("fail_after", "backoff_initial", "backoff_max", "backoff_factor"):
+                given = {getattr(o, name) for o in plan.connect_options} - {getattr(default, name)}
+                if len(given) > 1:
+                    option = "--" + name.replace("_", "-")
+                    raise UsageError(
+                        f"connect: {option} is given twice with different values "
+                        f"({', '.join(str(v) for v in sorted(given))}); in a tunnel it applies "
+                        "to both legs: give it once"
+                    )
         if plan.mode == RELAY and plan.reconnect:
             raise UsageError(
                 "--reconnect keeps one outbound connection up: use it with 'connect CLIENT' "

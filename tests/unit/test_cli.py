@@ -415,3 +415,27 @@ def test_empty_description_is_a_usage_error(
     assert_one_line_usage_error(err)
     assert named in err
     assert plans == []
+
+
+def test_fail_after_on_the_other_leg_of_a_persistent_tunnel(plans: list[Any]) -> None:
+    """
+    In a tunnel, --reconnect after either leg makes both persistent, and
+    --fail-after after either leg goes with it.
+    """
+    result = invoke(["connect", "tcp:127.0.0.1:1", "--reconnect",
+                     "connect", "tcp:127.0.0.1:2", "--fail-after", "3"])
+    assert result.exit_code == 0, result.output
+    [plan] = plans
+    assert plan.options_for(0).fail_after == 3
+    assert plan.options_for(1).reconnect
+
+
+def test_a_tunnel_option_given_twice_differently_is_a_usage_error(
+    plans: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_main(["connect", "tcp:127.0.0.1:1", "--reconnect", "--backoff-max", "3",
+                                 "connect", "tcp:127.0.0.1:2", "--backoff-max", "5"], capsys)
+    assert status == 2
+    assert_one_line_usage_error(err)
+    assert "--backoff-max is given twice with different values (3.0, 5.0)" in err
+    assert plans == []
