@@ -132,16 +132,21 @@ def supervise(listen: str, workers: int, run_worker: Callable[[], Any]) -> int:
     @param run_worker: runs the relay in a worker and exits (by
         C{SystemExit}, as C{react} does); its exit code is the worker's
         status.
-    @raise UsageError: C{listen} cannot be shared, or its port not bound.
+    @raise UsageError: C{listen} cannot be shared.
+    @raise EpcatError: its port cannot be bound (in use): status 1.
     """
     port, interface, _, family = tcp_listen_arguments(listen)
-    holder = None
-    if port == 0:
-        try:
-            holder = reuseport_socket(family, interface, 0)
-        except OSError as e:
-            raise UsageError(f"listen --workers: cannot bind {listen!r}: {e.strerror}") from None
-        port = holder.getsockname()[1]
+    # The port is bound here first (never listening, SO_REUSEPORT as the
+    # workers' sockets): port 0 is chosen once for all of them, and a port
+    # another program holds fails once, in one line, not in every worker.
+    try:
+        holder = reuseport_socket(family, interface, port)
+    except OSError as e:
+        from epcat.status import EpcatError, ExitStatus
+
+        reason = (e.strerror or str(e)).lower()
+        raise EpcatError(ExitStatus.FAILURE, f"cannot listen on {listen}: {reason}") from None
+    port = holder.getsockname()[1]
     os.environ[PORT_VARIABLE] = str(port)
     _preload()
     # Out of the collector's sight: a collection in a worker would write to
@@ -176,8 +181,7 @@ def supervise(listen: str, workers: int, run_worker: Callable[[], Any]) -> int:
                 continue
         code = os.waitstatus_to_exitcode(wait_status)
         statuses.append(code if code >= 0 else 1)
-    if holder is not None:
-        holder.close()
+    holder.close()
     return max(statuses)
 
 

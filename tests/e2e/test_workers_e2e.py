@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from .conftest import WAIT, no_traceback, run_epcat
+from .conftest import WAIT, no_traceback, one_error_line, run_epcat
 
 pytestmark = pytest.mark.e2e
 
@@ -92,3 +92,23 @@ def test_workers_are_forked_children_that_get_signals_and_go(epcat_proc, server)
     assert ep.popen.wait(WAIT) == 0
     assert not [pid for pid in workers if _alive(pid)]
     no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+def test_workers_on_a_port_in_use_fail_once():
+    """
+    listen tcp:PORT --workers 2 with PORT held by another program: exit 1,
+    one error line naming the endpoint and the reason (not one per worker).
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        description = f"tcp:{port}:interface=127.0.0.1"
+        result = run_epcat("listen", description, "--workers", "2",
+                           "connect", "tcp:127.0.0.1:1")
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    line = one_error_line(err)
+    assert description in line and "address already in use" in line, line
+    no_traceback(err)
