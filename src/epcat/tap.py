@@ -103,8 +103,10 @@ class Tap:
         direction = _DIRECTIONS[side.role]
         if pair.conn_id in self._open:
             self.pcap.shutdown(pair.conn_id, direction)
-        elif pair.conn_id in self._waiting:
-            self._waiting[pair.conn_id].append((direction, None))
+        elif pair.conn_id in self._waiting or not pair.joined:
+            # (an end of input before the outbound connection is up, after
+            # the bytes held with it, if any)
+            self._waiting.setdefault(pair.conn_id, []).append((direction, None))
 
     def closed(self, pair: Pair) -> None:
         """
