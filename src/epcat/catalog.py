@@ -7,6 +7,7 @@ and client, Twisted's own and every installed plugin's, with their arguments.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -165,9 +166,57 @@ def _signature(func: Any) -> str:
     return " ".join(parts)
 
 
+# Third-party plugins that epcat's extras install ([websocket], [tor]), by
+# (role, prefix) and the module that provides them: their own docstrings give
+# no one-line summary (autobahn's has none, txtorcon's starts "This provides a
+# twisted IPlugin"), and their parsers take *args/**kwargs.  From their
+# documentation and parsers (autobahn's twisted/plugins/autobahn_endpoints.py,
+# txtorcon's endpoints.py).
+_KNOWN_PLUGINS: dict[tuple[tuple[str, str], str], tuple[str, str, list[str]]] = {
+    (("server", "autobahn"), "twisted.plugins.autobahn_endpoints"): (
+        "INNER url=WS-URL [KEY=VALUE...]",
+        "WebSocket (autobahn) over the INNER server endpoint; escape INNER's : and = "
+        "and the URL's colons as \\: and \\=",
+        ["autobahn:tcp\\:8080\\:interface\\=127.0.0.1:url=ws\\://127.0.0.1\\:8080/"],
+    ),
+    (("client", "autobahn"), "twisted.plugins.autobahn_endpoints"): (
+        "INNER url=WS-URL [KEY=VALUE...]",
+        "WebSocket (autobahn) over the INNER client endpoint; escape as for the server",
+        ["autobahn:tcp\\:127.0.0.1\\:8080:url=ws\\://127.0.0.1\\:8080/"],
+    ),
+    (("client", "tor"), "txtorcon.endpoints"): (
+        "HOST PORT [socksPort=N] [KEY=VALUE...]",
+        "a connection through Tor (txtorcon) to HOST:PORT, an onion service or not",
+        ["tor:HOST.onion:80", "tor:HOST.onion:80:socksPort=9050"],
+    ),
+    (("server", "onion"), "txtorcon.endpoints"): (
+        "PUBLIC_PORT [controlPort=N] [hiddenServiceDir=DIR] [localPort=N] [KEY=VALUE...]",
+        "a Tor onion service (txtorcon); without controlPort= it launches its own tor "
+        "when parsed",
+        ["onion:80:controlPort=9051", "onion:80:hiddenServiceDir=/var/lib/epcat/onion"],
+    ),
+}
+
+
 def _summary(plugin: Any) -> str:
-    doc = inspect.getdoc(type(plugin)) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """
+    The first paragraph of a plugin's docstring, on one line (a plugin's
+    first sentence may run over several lines: txtorcon's does); at most
+    its first sentence when the paragraph goes on, and never more than
+    L{SUMMARY_MAX} characters.
+    """
+    doc = (inspect.getdoc(type(plugin)) or "").strip()
+    if not doc:
+        return ""
+    paragraph = " ".join(doc.split("\n\n", 1)[0].split())
+    sentence = re.split(r"(?<=[.:;])\s", paragraph, maxsplit=1)[0]
+    if len(sentence) > SUMMARY_MAX:
+        sentence = sentence[: SUMMARY_MAX - 3].rstrip() + "..."
+    return sentence
+
+
+#: the longest one-line summary L{_summary} gives, characters
+SUMMARY_MAX = 100
 
 
 def endpoint_types() -> list[EndpointType]:
@@ -206,8 +255,9 @@ def endpoint_types() -> list[EndpointType]:
                 _summary(plugin),
             )
     for key, entry in found.items():
-        if key in _KNOWN:
-            entry.arguments, entry.summary, entry.examples = _KNOWN[key]
+        known = _KNOWN.get(key) or _KNOWN_PLUGINS.get((key, entry.module))
+        if known is not None:
+            entry.arguments, entry.summary, entry.examples = known
     return sorted(found.values(), key=lambda e: (e.role != "server", e.prefix))
 
 

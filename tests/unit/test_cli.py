@@ -439,3 +439,43 @@ def test_a_tunnel_option_given_twice_differently_is_a_usage_error(
     assert_one_line_usage_error(err)
     assert "--backoff-max is given twice with different values (3.0, 5.0)" in err
     assert plans == []
+
+
+def test_plugin_summaries_are_one_sentence() -> None:
+    """
+    A plugin's summary is its docstring's first sentence, even when that
+    runs over several lines (txtorcon's does), and never over 100
+    characters.
+    """
+    from epcat.catalog import SUMMARY_MAX, _summary
+
+    class Plugin:
+        """
+        This provides a twisted IPlugin and
+        a parser for clientFromString.  More text that is not the summary.
+
+        And a second paragraph.
+        """
+
+    assert _summary(Plugin()) == (
+        "This provides a twisted IPlugin and a parser for clientFromString."
+    )
+
+    class Long:
+        pass
+
+    Long.__doc__ = "word " * 60
+    assert len(_summary(Long())) == SUMMARY_MAX
+    assert _summary(Long()).endswith("...")
+
+
+def test_endpoints_describe_the_extras_plugins(plans: list[Any]) -> None:
+    """
+    epcat's extras' plugins (autobahn, txtorcon), where installed, are
+    listed with their arguments and a summary of epcat's, not a fragment
+    of their docstrings.
+    """
+    result = invoke(["endpoints", "tor"])  # (txtorcon: a test dependency)
+    assert result.exit_code == 0, result.output
+    assert "HOST PORT [socksPort=N]" in result.stdout
+    assert "This provides" not in result.stdout
