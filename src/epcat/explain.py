@@ -82,6 +82,8 @@ def arguments(role: str, description: str) -> list[tuple[str, str, bool]]:
     prefix = args.pop(0).lower() if args else ""
     if prefix == "haproxy":
         return []  # all of it is the wrapped description
+    if role == "client" and prefix in _COERCED_CLIENTS:
+        return _coerced_client_arguments(prefix, args, kwargs)
     parser = _parser_for(role, prefix)
     result: list[tuple[str, str, bool]] = []
     names: list[str] = []
@@ -103,13 +105,69 @@ def arguments(role: str, description: str) -> list[tuple[str, str, bool]]:
                 result.append((parameter.name, str(kwargs[parameter.name]), True))
             elif parameter.default is not parameter.empty:
                 result.append((parameter.name, repr(parameter.default), False))
-        for value in positional:
-            result.append(("(extra)", str(value), True))
+        # (what is left: the pieces a *args parameter takes, such as exec:'s
+        # command split at its colons, named after it; stdio:'s empty one
+        # is nothing)
+        leftover = [str(value) for value in positional if str(value) != ""]
+        rest = next((p.name for p in parameters if p.kind == p.VAR_POSITIONAL), None)
+        if leftover and rest is not None:
+            result.append((rest, ":".join(leftover), True))
+        else:
+            result.extend(("(extra)", value, True) for value in leftover)
     else:
         result.extend((f"#{i}", str(a), True) for i, a in enumerate(args, 1))
     for key, value in kwargs.items():
         if key not in names:
             result.append((key, str(value), True))
+    return result
+
+
+#: Twisted's client types whose parser takes C{*args, **kwargs} and returns
+#: the keyword arguments of the endpoint class (C{_parseClientTCP} and
+#: C{_parseClientUNIX}, Twisted 26.10): (parser name, endpoint class name,
+#: arguments of the class's that no description gives)
+_COERCED_CLIENTS = {
+    "tcp": ("_parseClientTCP", "TCP4ClientEndpoint", ()),
+    "unix": ("_parseClientUNIX", "UNIXClientEndpoint", ()),
+    # (the host, port, timeout and bindAddress part; the rest builds the
+    # context, and epcat connect builds ssl: as tlsx:, which verifies)
+    "ssl": ("_parseClientTCP", "SSL4ClientEndpoint", ("sslContextFactory",)),
+}
+
+
+def _coerced_client_arguments(
+    prefix: str, args: list[Any], kwargs: dict[str, Any]
+) -> list[tuple[str, str, bool]]:
+    """
+    L{arguments} for a client type of L{_COERCED_CLIENTS}: its parser's own
+    reading of the description, then the endpoint class's defaults for what
+    is not given (C{timeout=30}, C{bindAddress=None}...), then the other
+    keywords as given.
+    """
+    from twisted.internet import endpoints
+
+    parser_name, class_name, hidden = _COERCED_CLIENTS[prefix]
+    given = getattr(endpoints, parser_name)(*args, **dict(kwargs))
+    if isinstance(given.get("bindAddress"), tuple):
+        given["bindAddress"] = given["bindAddress"][0]  # (host, 0)
+    result: list[tuple[str, str, bool]] = []
+    parameters = inspect.signature(getattr(endpoints, class_name).__init__).parameters
+    for parameter in parameters.values():
+        name = parameter.name
+        if name in ("self", "reactor", *hidden):
+            continue
+        if name == "checkPID":
+            # (a description says lockfile=, which the parser renames)
+            if name in given:
+                result.append(("lockfile", str(given.pop(name)), True))
+            else:
+                result.append(("lockfile", repr(parameter.default), False))
+            continue
+        if name in given:
+            result.append((name, str(given.pop(name)), True))
+        elif parameter.default is not parameter.empty:
+            result.append((name, repr(parameter.default), False))
+    result.extend((name, str(value), True) for name, value in given.items())
     return result
 
 
@@ -231,6 +289,12 @@ def _explain(reactor: Any, description: str, out: IO[str]) -> None:
             )
         elif "endpoint=" in description:
             lines.append("    wraps:      the endpoint= description (TLS over it)")
+        if role == "client" and prefix == "ssl":
+            lines.append(
+                "    note:       epcat connect builds it as tlsx: with the same arguments, "
+                "so that the server's certificate and name are verified (caCertsDir= "
+                "names the CAs)"
+            )
         lines.append(f"    half-close: {HALF_CLOSE_WORDS[half_close_mode(description)]}")
     if len(lines) == 1:
         raise UsageError("; ".join(errors))

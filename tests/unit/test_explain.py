@@ -54,3 +54,38 @@ def test_nothing_is_opened(tmp_path) -> None:
     path = tmp_path / "never.sock"
     explained(f"unix:{path}")
     assert not path.exists()
+
+
+def test_tcp_client_arguments_named_with_defaults() -> None:
+    """
+    Twisted's tcp: client parser takes *args: explain still names every
+    argument (its own reading of the description) and gives the endpoint
+    class's defaults for the rest.
+    """
+    text = explained("tcp:127.0.0.1:80")
+    assert "host = 127.0.0.1\n" in text
+    assert "port = 80\n" in text
+    assert "timeout = 30  (default)" in text
+    assert "bindAddress = None  (default)" in text
+    assert "(extra)" not in text
+    assert arguments("client", "tcp:host=127.0.0.1:port=80:bindAddress=127.0.0.1")[3] == (
+        "bindAddress", "127.0.0.1", True)
+
+
+def test_unix_client_says_lockfile_as_a_description_does() -> None:
+    text = explained("unix:/tmp/x.sock:lockfile=1:timeout=3")
+    assert "path = /tmp/x.sock" in text
+    assert "timeout = 3\n" in text
+    assert "lockfile = True" in text
+    assert "checkPID" not in text
+
+
+def test_ssl_client_says_how_epcat_builds_it() -> None:
+    text = explained("ssl:localhost:443")
+    assert "host = localhost" in text and "port = 443" in text
+    assert "epcat connect builds it as tlsx:" in text
+
+
+def test_exec_command_is_named_and_stdio_shows_no_empty_argument() -> None:
+    assert "command = sh -c cat" in explained("exec:sh -c cat")
+    assert "(extra)" not in explained("stdio:")
