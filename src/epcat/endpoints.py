@@ -135,7 +135,7 @@ def _parse(parser: Any, reactor: Any, description: str, kind: str) -> Any:
         raise
     except RecursionError:
         raise UsageError(
-            f"bad {kind} endpoint description {description[:60]!r}...: nested too deeply"
+            f"bad {kind} endpoint description {quote(description[:60])}...: nested too deeply"
         ) from None
     except Exception as e:
         message = explain_parse_error(description, kind, e)
@@ -143,7 +143,7 @@ def _parse(parser: Any, reactor: Any, description: str, kind: str) -> Any:
             message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         raise UsageError(message) from None
     if problem is not None:
-        raise UsageError(f"bad {kind} endpoint description {description!r}: {problem}")
+        raise UsageError(f"bad {kind} endpoint description {quote(description)}: {problem}")
     return endpoint
 
 
@@ -273,7 +273,7 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
     @param kind: C{"server"} or C{"client"}.
     @param error: what the parser raised.
     """
-    quoted = f"bad {kind} endpoint description {description!r}"
+    quoted = f"bad {kind} endpoint description {quote(description)}"
     # (the rest quotes pieces of the description: keep them on one line)
     etype = endpoint_type(description)
     text = str(error)
@@ -294,6 +294,29 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
         return (
             f"{quoted}: unknown endpoint type {unknown!r}{hint}; "
             f"known {kind} types: {', '.join(known)}"
+        )
+    if (
+        isinstance(error, TypeError)
+        and len(error.args) == 2
+        and error.args[0] == "unrecognized keyword arguments present"
+    ):
+        # (Twisted's tls: client raises this, with the names in a list)
+        names = ", ".join(f"{name}=" for name in error.args[1])
+        return f"{quoted}: {etype}: does not take {names}; see 'epcat endpoints {etype}'"
+    if etype == "tcp" and kind == "client" and _positional_count(description) > 2:
+        return (
+            f"{quoted}: tcp: too many arguments for HOST:PORT; escape a colon inside a "
+            "value as '\\:' (an IPv6 address: tcp:\\:\\:1:80, no brackets)"
+        )
+    if isinstance(error, UnicodeError) and etype == "tls" and kind == "client":
+        return (
+            f"{quoted}: tls: HOST must be a host name or an IPv4 address (its IDNA "
+            f"encoding failed: {text}); for an IPv6 address use tlsx:, e.g. tlsx:\\:\\:1:443"
+        )
+    if type(error).__name__ == "Error" and type(error).__module__.startswith("OpenSSL"):
+        return f"{quoted}: {etype}: OpenSSL could not load a certificate or key: " + (
+            _openssl_error_text(error)
+            + " (certKey= and privateKey= take PEM files: a certificate and its key)"
         )
     if isinstance(error, TypeError):
         text = _FUNC_PREFIX.sub("", text)
@@ -337,6 +360,44 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
         reason = error.strerror or str(error) or cls
         return f"{quoted}: cannot read{name}: {reason.lower()}"
     return f"{quoted}: {text or cls}"
+
+
+def quote(description: str) -> str:
+    """
+    C{description} in single quotes as it was typed (C{'tls:\\:\\:1:443'}, where
+    Python's C{repr} would double each backslash), or as C{repr} writes it
+    when it holds a quote or a character that is not printable.
+    """
+    if description.isprintable() and "'" not in description:
+        return f"'{description}'"
+    return repr(description)
+
+
+def _positional_count(description: str) -> int:
+    """
+    How many positional arguments (after the type) a description has.
+    """
+    from twisted.internet.endpoints import _parse as split
+
+    try:
+        args, _ = split(description)
+    except Exception:
+        return 0
+    return len(args) - 1
+
+
+def _openssl_error_text(error: BaseException) -> str:
+    """
+    An C{OpenSSL.crypto.Error} / C{OpenSSL.SSL.Error} in words: its
+    C{(library, function, reason)} entries as C{library: reason}.
+    """
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    words = [
+        f"{entry[0]}: {entry[2]}"
+        for entry in entries
+        if isinstance(entry, tuple) and len(entry) == 3
+    ]
+    return "; ".join(words) or str(error) or type(error).__name__
 
 
 def _plugin_prefixes(interface: Any) -> set[str]:

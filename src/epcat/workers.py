@@ -41,7 +41,7 @@ def tcp_listen_arguments(description: str) -> tuple[int, str, int, int]:
 
     @raise UsageError: another endpoint type.
     """
-    from epcat.endpoints import endpoint_type, inner_description
+    from epcat.endpoints import endpoint_type, inner_description, quote
     from epcat.explain import arguments
 
     kind = endpoint_type(description)
@@ -50,7 +50,7 @@ def tcp_listen_arguments(description: str) -> tuple[int, str, int, int]:
         kind = endpoint_type(description)
     if kind not in ("tcp", "tcp6"):
         raise UsageError(
-            f"listen --workers: {description!r}: only tcp: and tcp6: listeners (or haproxy: "
+            f"listen --workers: {quote(description)}: only tcp: and tcp6: listeners (or haproxy: "
             "over them) can be shared by worker processes"
         )
     values = {name: value for name, value, _ in arguments("server", description)}
@@ -62,7 +62,7 @@ def tcp_listen_arguments(description: str) -> tuple[int, str, int, int]:
         port = int(values["port"])
         backlog = int(str(values.get("backlog", "50")).strip("'"))
     except (KeyError, ValueError):
-        raise UsageError(f"listen --workers: {description!r}: cannot read its port") from None
+        raise UsageError(f"listen --workers: {quote(description)}: cannot read its port") from None
     return port, interface, backlog, family
 
 

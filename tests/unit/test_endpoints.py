@@ -21,6 +21,7 @@ from epcat.endpoints import (
     half_close_mode,
     parse_client,
     parse_server,
+    quote,
     server_types,
 )
 from epcat.status import UsageError
@@ -45,7 +46,7 @@ def client_error(reactor: MemoryReactor, description: str) -> str:
 
 def assert_one_line(message: str, description: str) -> None:
     assert "\n" not in message
-    assert repr(description) in message
+    assert quote(description) in message
 
 
 # -- what parses
@@ -372,3 +373,46 @@ def test_access_list_denies_a_mapped_peer_by_a_mapped_rule() -> None:
     assert AccessList((), ("::ffff:0:0/96",)).refuses(peer) is not None
     assert AccessList((), ("::ffff:127.0.0.1/128",)).refuses(peer) is not None
     assert AccessList(("::ffff:127.0.0.1/128",), ()).refuses(peer) is None
+
+
+def test_quote_keeps_what_was_typed() -> None:
+    assert quote("tls:\\:\\:1:443") == "'tls:\\:\\:1:443'"
+    assert quote("tcp:80") == "'tcp:80'"
+    assert quote("a'b") == repr("a'b")
+    assert quote("a\nb") == repr("a\nb")
+
+
+def test_tls_client_unknown_keyword_is_named(reactor: MemoryReactor) -> None:
+    message = client_error(reactor, "tls:localhost:443:bogus=1")
+    assert_one_line(message, "tls:localhost:443:bogus=1")
+    assert "tls: does not take bogus=; see 'epcat endpoints tls'" in message
+
+
+def test_tls_client_with_an_ipv6_address_points_to_tlsx(reactor: MemoryReactor) -> None:
+    message = client_error(reactor, "tls:\\:\\:1:443")
+    assert "tls: HOST must be a host name or an IPv4 address" in message
+    assert "tlsx:\\:\\:1:443" in message
+
+
+@pytest.mark.parametrize("description", ["tcp:h:80:extra", "tcp:[::1]:80"])
+def test_tcp_client_with_too_many_arguments_says_so(
+    reactor: MemoryReactor, description: str
+) -> None:
+    message = client_error(reactor, description)
+    assert_one_line(message, description)
+    assert "too many arguments for HOST:PORT" in message
+    assert "tcp:\\:\\:1:80" in message
+
+
+def test_a_pem_file_openssl_cannot_read_is_said_in_words(
+    reactor: MemoryReactor, tmp_path: object
+) -> None:
+    bad = f"{tmp_path}/bad.pem"
+    with open(bad, "w") as f:
+        f.write("not PEM\n")
+    description = f"ssl:0:privateKey={bad}:certKey={bad}"
+    message = server_error(reactor, description)
+    assert_one_line(message, description)
+    assert "OpenSSL could not load a certificate or key: " in message
+    assert "routines: " in message
+    assert "[(" not in message
