@@ -220,6 +220,13 @@ def make_plan(
             plan = dataclasses.replace(
                 plan, mode=CONNECT, listen=None, listen_options=ListenOptions()
             )
+        if plan.listen_options.proxy_header_timeout != ListenOptions().proxy_header_timeout and (
+            plan.listen is None or endpoint_type(plan.listen) != "haproxy"
+        ):
+            raise UsageError(
+                "listen: --proxy-header-timeout applies to haproxy: listeners only "
+                f"(e.g. 'listen haproxy:{plan.listen or 'tcp:8080'}')"
+            )
         if plan.listen_options.proxy_trusted and (
             plan.listen is None or endpoint_type(plan.listen) != "haproxy"
         ):

@@ -137,7 +137,8 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         except (InvalidProxyHeader, ValueError, UnicodeError, IndexError, TypeError) as e:
             # (Twisted's parsers raise bare ValueError and UnicodeDecodeError
             # for some malformed fields)
-            self._reject(f"malformed PROXY header ({str(e) or type(e).__name__})")
+            name = type(e).__name__
+            self._reject(f"malformed PROXY header ({str(e) or _REASONS.get(name, name)})")
             return
         if info is None:
             return
@@ -492,6 +493,15 @@ def encode_header(version: str, transport: Any, conn_id: int | None = None) -> b
     else:
         result = ProxyResultLocal(tlv=tlv)
     return ProxyProtocolV2().pack(result)
+
+
+#: Twisted's PROXY header exceptions carry no message: what each means
+#: (their docstrings, twisted.protocols.haproxy._exceptions)
+_REASONS = {
+    "InvalidProxyHeader": "not a valid PROXY header",
+    "InvalidNetworkProtocol": "an address family or protocol other than TCP4, TCP6 or UNKNOWN",
+    "MissingAddressData": "the address data is missing or incomplete",
+}
 
 
 def _compressed(info: Any) -> Any:

@@ -479,3 +479,14 @@ def test_endpoints_describe_the_extras_plugins(plans: list[Any]) -> None:
     assert result.exit_code == 0, result.output
     assert "HOST PORT [socksPort=N]" in result.stdout
     assert "This provides" not in result.stdout
+
+
+def test_proxy_header_timeout_without_a_haproxy_listener_is_a_usage_error(
+    plans: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_main(["listen", "tcp:0", "--proxy-header-timeout", "2",
+                                 "connect", "tcp:127.0.0.1:1"], capsys)
+    assert status == 2
+    assert_one_line_usage_error(err)
+    assert "--proxy-header-timeout applies to haproxy: listeners only" in err
+    assert plans == []

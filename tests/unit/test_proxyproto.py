@@ -1255,3 +1255,15 @@ def test_fuzz_v1_headers() -> None:
     # (the property runs inside a plain test so that its known failure does
     # not make Hypothesis write a patch file for an expected failure)
     fuzz_v1_headers()
+
+
+def test_a_v2_header_with_another_family_is_rejected_in_words() -> None:
+    """
+    Twisted's exceptions for bad v2 headers carry no message: the reason
+    logged says what is wrong, not the exception's class name.
+    """
+    h = Harness()
+    h.feed(v2_header(0x1, 0x41, bytes(12)))  # address family 4: none of the spec's
+    reason = h.reason()
+    assert "malformed PROXY header" in reason
+    assert "Invalid" not in reason and "Missing" not in reason, reason
