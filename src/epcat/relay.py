@@ -319,7 +319,7 @@ class RelaySide(Protocol):
         # one, the consumer went away (EPIPE on stdout): nothing more can be
         # delivered here, so the pair is over.
         self._write_gone = True
-        if not self._write_shutdown_requested:
+        if not self._write_shutdown_requested or self.write_lost:
             self.write_ended = True
             self.pair.close()
             return
@@ -381,10 +381,14 @@ class RelaySide(Protocol):
     @property
     def write_lost(self) -> bool:
         """
-        Did this side's consumer go away before epcat ended the direction
-        towards it (C{EPIPE} on stdout: a reader such as C{head} that
-        exits)?  What was still to be written to it is lost.
+        Did this side's consumer go away before everything epcat wrote to it
+        was delivered (C{EPIPE} on stdout: a reader such as C{head} that
+        exits), with or without a half-close requested?  What was still to
+        be written to it is lost.
         """
+        reason = getattr(self.transport, "write_lost_reason", None)
+        if reason is not None and not reason.check(ConnectionDone):
+            return True
         return self._write_gone and not self._write_shutdown_requested
 
     def pause_until_joined(self) -> None:
@@ -485,6 +489,40 @@ class RelaySide(Protocol):
         self.write_ended = True
         self.transport.unregisterProducer()
         _abort(self.transport)
+
+
+class StdioTransport(StandardIO):
+    """
+    Twisted's L{StandardIO}, remembering why its writer ended: Twisted tells
+    a half-closeable protocol C{writeConnectionLost()} without the reason,
+    the same for the end of a requested half-close (C{ConnectionDone}) and
+    for a reader that went away with bytes still to write (C{EPIPE}:
+    C{ConnectionLost}); L{RelaySide.write_lost} tells them apart.
+
+    @ivar write_lost_reason: the L{Failure} the writer ended with, or
+        L{None} while it runs.
+    """
+
+    write_lost_reason: Failure | None = None
+    _write_closing = False
+
+    def loseWriteConnection(self) -> None:
+        self._write_closing = True
+        super().loseWriteConnection()
+
+    def loseConnection(self) -> None:
+        self._write_closing = True
+        super().loseConnection()
+
+    def childConnectionLost(self, fd: str, reason: Failure) -> None:
+        if fd == "write" and self.write_lost_reason is None:
+            if not self._write_closing and reason.check(ConnectionDone):
+                # (Twisted's pipe writer watches for its reader's end, and
+                # reports it as a clean one, ConnectionDone: a reader such as
+                # head that exits; epcat asked for no end)
+                reason = Failure(ConnectionLost("the reader went away"))
+            self.write_lost_reason = reason
+        super().childConnectionLost(fd, reason)
 
 
 def _no_event(event: str, pair: Pair, side: RelaySide | None) -> None:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
-from twisted.internet.stdio import StandardIO
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
@@ -37,7 +36,7 @@ from epcat.endpoints import (
     parse_server,
 )
 from epcat.plan import ConnectOptions, Plan
-from epcat.relay import Pair, RelaySide, SideFactory
+from epcat.relay import Pair, RelaySide, SideFactory, StdioTransport
 from epcat.report import Reporter, pair_failure
 from epcat.status import EpcatError, ExitStatus, TimedOut, UsageError, classify
 from epcat.tap import Tap
@@ -1095,7 +1094,7 @@ class Runner:
     def _attach_stdio(self, protocol: Any, crlf: bool = False) -> None:
         if crlf and self.plan.crlf:
             protocol.transform = CrlfTranslator()
-        StandardIO(protocol, reactor=self.reactor)
+        StdioTransport(protocol, reactor=self.reactor)
 
     def _status_of(self, pair: Pair) -> int:
         failure = pair_failure(pair)

@@ -990,3 +990,38 @@ def test_send_at_once_leaves_other_transports_alone() -> None:
             raise AssertionError("asked again")
 
     send_at_once(Lean())
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["reader-gone", "half-close-asked"])
+def test_stdio_transport_tells_a_reader_gone_from_an_end_it_asked_for(asked: bool) -> None:
+    """
+    Twisted's pipe writer reports its reader's end (head exiting) as a clean
+    ConnectionDone, the same as the end of a half-close epcat asked for:
+    StdioTransport keeps the first as a ConnectionLost, so RelaySide.write_lost
+    (and the exit status) can tell them apart.
+    """
+    import os
+
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactor
+
+    from epcat.relay import StdioTransport
+
+    stdin_read, stdin_write = os.pipe()
+    stdout_read, stdout_write = os.pipe()
+    try:
+        transport = StdioTransport(
+            Protocol(), stdin=stdin_read, stdout=stdout_write, reactor=MemoryReactor()
+        )
+        if asked:
+            transport.loseWriteConnection()
+        transport.childConnectionLost("write", done_reason())
+        reason = transport.write_lost_reason
+        assert reason is not None
+        assert reason.check(ConnectionDone if asked else ConnectionLost)
+    finally:
+        for fd in (stdin_read, stdin_write, stdout_read, stdout_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
