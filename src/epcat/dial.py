@@ -56,7 +56,9 @@ def reconnect_policy_for(
     policy = policy_for(options)
 
     def retry_policy(failed_attempts: int) -> float:
-        extra = other_failures() if other_failures is not None else 0
+        # (a failure C{ClientService} cannot see ends a connection it made,
+        # which it counts already as one failed attempt)
+        extra = max(0, other_failures() - 1) if other_failures is not None else 0
         return policy(max(0, failed_attempts - 1) + extra)
 
     return retry_policy

@@ -314,9 +314,10 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
             f"encoding failed: {text}); for an IPv6 address use tlsx:, e.g. tlsx:\\:\\:1:443"
         )
     if type(error).__name__ == "Error" and type(error).__module__.startswith("OpenSSL"):
+        names = "certificate=" if kind == "client" and etype in ("tls", "tlsx") else "certKey="
         return f"{quoted}: {etype}: OpenSSL could not load a certificate or key: " + (
             _openssl_error_text(error)
-            + " (certKey= and privateKey= take PEM files: a certificate and its key)"
+            + f" ({names} and privateKey= take PEM files: a certificate and its key)"
         )
     if isinstance(error, TypeError):
         text = _FUNC_PREFIX.sub("", text)
@@ -335,6 +336,13 @@ def explain_parse_error(description: str, kind: str, error: BaseException) -> st
         return f"{quoted}: expected a number, got {value}"
     if isinstance(error, RuntimeError) and "StopIteration" in text:
         return f"{quoted}: it ends in a lone backslash; escape a colon as '\\:'"
+    if isinstance(error, KeyError) and etype == "systemd":
+        names = _STARTED_WITH.get("LISTEN_FDNAMES")
+        have = f"the inherited names are {names!r}" if names else "no socket names were passed"
+        return (
+            f"{quoted}: no inherited socket named {error.args[0]!r} ({have}; systemd sets "
+            "them from FileDescriptorName=, systemd-socket-activate from --fdname=)"
+        )
     if isinstance(error, IndexError) and etype == "systemd":
         if _fds_without_names():
             # (systemd-socket-activate without --fdname: Twisted's ListenFDs

@@ -19,13 +19,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     Run epcat with C{argv} (default: C{sys.argv[1:]}); exits with its status.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    fill_closed_standard_descriptors()
     if args in (["--version"], ["-V"]):
         from epcat import __version__
 
         sys.stdout.write(f"epcat {__version__}\n")
         sys.stdout.flush()
         sys.exit(0)
-    fill_closed_standard_descriptors()
     from epcat.cli import main as cli_main
 
     cli_main(argv)

@@ -273,8 +273,11 @@ def _explain(reactor: Any, description: str, out: IO[str]) -> None:
             continue
         except EpcatError as e:
             # (a description that parses but could never connect, e.g. a
-            # UNIX socket path too long)
-            errors.append(e.message)
+            # UNIX socket path too long): said in its role's section
+            lines.append(
+                f"  as a {role} ({'epcat listen' if role == 'server' else 'epcat connect'}):"
+            )
+            lines.append(f"    would fail: {e.message}")
             continue
         _consume_failures(endpoint)
         cls = type(endpoint)

@@ -169,9 +169,26 @@ def _terminates_tls(description: str | None) -> bool:
     if description is None:
         return False
     kind = endpoint_type(description)
-    if kind == "haproxy":
-        return _terminates_tls(inner_description(description))
+    while kind == "haproxy":  # (a loop: wrappers may nest past the recursion limit)
+        description = inner_description(description)
+        kind = endpoint_type(description)
     return kind in ("ssl", "tls")
+
+
+def ignore_stop_signals() -> None:
+    """
+    Once the shutdown is over (the process only has to exit): ignore further
+    SIGTERM and SIGINT.  Python's finalization puts back the default action
+    of every signal that has a Python handler, so a second signal arriving
+    a few milliseconds after the first (Ctrl-C under C{timeout}, which
+    passes it on) killed the finished process and its exit status became
+    143 or 130 instead of the run's.  An ignored signal is left ignored.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(signum, signal.SIG_IGN)
+        except ValueError:
+            pass  # not the main thread (tests)
 
 
 def _unix_listen_reason(description: str, reason: str) -> str:
@@ -345,6 +362,7 @@ class Runner:
         except OSError as e:
             raise UsageError(f"cannot create {e.filename!r}: {e.strerror.lower()}") from None
         self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        self.reactor.addSystemEventTrigger("after", "shutdown", ignore_stop_signals)
         self._install_signal_handlers()
         self._start_progress()
         if plan.mode == modes.RELAY:

@@ -176,6 +176,12 @@ def _detail(exc: BaseException) -> str:
 
 
 def _connect_error_text(exc: BaseException) -> str:
+    given = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+    if given.strip():
+        # (the reason it was made with, e.g. exec:'s "command not found
+        # (/x:a:b)", whose own colons the rendering below would cut at)
+        given = given.strip().rstrip(".")
+        return given[0].lower() + given[1:] if given[1:2].islower() else given
     text = str(exc)
     # Twisted renders ConnectError as "An error occurred while connecting: 2: No
     # such file or directory."; keep the part after the errno.

@@ -103,10 +103,11 @@ class Tap:
         direction = _DIRECTIONS[side.role]
         if pair.conn_id in self._open:
             self.pcap.shutdown(pair.conn_id, direction)
-        elif pair.conn_id in self._waiting or not pair.joined:
+        elif pair.conn_id in self._waiting:
             # (an end of input before the outbound connection is up, after
-            # the bytes held with it, if any)
-            self._waiting.setdefault(pair.conn_id, []).append((direction, None))
+            # the bytes held with it; a pair that carried nothing gets no
+            # stream, as before)
+            self._waiting[pair.conn_id].append((direction, None))
 
     def closed(self, pair: Pair) -> None:
         """

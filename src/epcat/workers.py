@@ -135,16 +135,23 @@ def supervise(listen: str, workers: int, run_worker: Callable[[], Any]) -> int:
     @raise UsageError: C{listen} cannot be shared.
     @raise EpcatError: its port cannot be bound (in use): status 1.
     """
+    from twisted.internet.testing import MemoryReactor
+
+    from epcat.endpoints import parse_server
+
+    # (Twisted's own checks and epcat's, before any worker exists: no
+    # reactor is installed yet, and parsing opens nothing)
+    parse_server(MemoryReactor(), listen)
     port, interface, _, family = tcp_listen_arguments(listen)
     # The port is bound here first (never listening, SO_REUSEPORT as the
     # workers' sockets): port 0 is chosen once for all of them, and a port
     # another program holds fails once, in one line, not in every worker.
     try:
         holder = reuseport_socket(family, interface, port)
-    except OSError as e:
+    except (OSError, OverflowError) as e:
         from epcat.status import EpcatError, ExitStatus
 
-        reason = (e.strerror or str(e)).lower()
+        reason = (getattr(e, "strerror", None) or str(e)).lower()
         raise EpcatError(ExitStatus.FAILURE, f"cannot listen on {listen}: {reason}") from None
     port = holder.getsockname()[1]
     os.environ[PORT_VARIABLE] = str(port)
@@ -182,6 +189,11 @@ def supervise(listen: str, workers: int, run_worker: Callable[[], Any]) -> int:
         code = os.waitstatus_to_exitcode(wait_status)
         statuses.append(code if code >= 0 else 1)
     holder.close()
+    # (the workers are done: a late signal must not kill the parent, and its
+    # status become the signal's, while Python finalizes; see
+    # epcat.run.ignore_stop_signals)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     return max(statuses)
 
 

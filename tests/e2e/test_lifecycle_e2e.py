@@ -277,6 +277,24 @@ def test_retry_connect_stdin_reaches_server_started_late(epcat_proc, listener):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_second_signal_as_the_first_ends_the_run_keeps_exit_0(epcat_proc, signum):
+    """
+    A relay with nothing open, stopped by two signals in quick succession
+    (Ctrl-C under timeout, which passes it on): the first stops it, the
+    second comes as the finished process exits, and the status is still 0
+    (Python's finalization used to put the default action back, and the
+    second signal killed it: 130 or 143).
+    """
+    ep = epcat_proc("-v", "listen", LOCAL, "connect", "tcp:127.0.0.1:1")
+    ep.port()
+    ep.signal(signum)
+    ep.signal(signum)
+    assert ep.finish() == 0, ep.describe()
+    no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_a_signal_while_still_connecting_says_so(epcat_proc, listener, signum):
     """
     connect X --retry with X refusing, stopped by SIGTERM (or SIGINT) while

@@ -73,8 +73,13 @@ def test_reconnect_policy_counts_as_client_service_does() -> None:
     for failed_attempts, base in [(1, 1.0), (2, 3.0), (3, 9.0)]:
         delay = policy(failed_attempts)
         assert base <= delay <= base + 1.0, (failed_attempts, delay)
-    unseen = [2]
+    # a tunnel's leg B failed: leg A's connection was lost (ClientService's
+    # attempt 1); the first such failure waits --backoff-initial, the next
+    # ones grow
+    unseen = [1]
     policy = reconnect_policy_for(options, lambda: unseen[0])
+    assert 1.0 <= policy(1) <= 2.0
+    unseen[0] = 3
     assert 9.0 <= policy(1) <= 10.0
     unseen[0] = 0
     assert 1.0 <= policy(1) <= 2.0

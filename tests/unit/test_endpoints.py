@@ -416,3 +416,11 @@ def test_a_pem_file_openssl_cannot_read_is_said_in_words(
     assert "OpenSSL could not load a certificate or key: " in message
     assert "routines: " in message
     assert "[(" not in message
+
+
+def test_systemd_name_not_inherited_is_said() -> None:
+    message = explain_parse_error(
+        "systemd:domain=INET:name=nope", "server", KeyError("nope")
+    )
+    assert "no inherited socket named 'nope'" in message
+    assert "--fdname=" in message

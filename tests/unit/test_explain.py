@@ -89,3 +89,10 @@ def test_ssl_client_says_how_epcat_builds_it() -> None:
 def test_exec_command_is_named_and_stdio_shows_no_empty_argument() -> None:
     assert "command = sh -c cat" in explained("exec:sh -c cat")
     assert "(extra)" not in explained("stdio:")
+
+
+def test_a_client_path_too_long_is_said_beside_the_server() -> None:
+    text = explained("unix:/tmp/" + "a" * 120 + ".sock")
+    assert "as a server" in text
+    assert "as a client (epcat connect):\n    would fail: cannot connect to" in text
+    assert "AF_UNIX path too long" in text

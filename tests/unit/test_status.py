@@ -163,3 +163,12 @@ def test_connect_error_holding_a_clean_close_is_one_line() -> None:
     status, reason = classify(Failure(wrapped))
     assert status == ExitStatus.CONNECT
     assert reason == "closed before the connection was made (a full backlog?)"
+
+
+def test_connect_error_made_with_a_reason_keeps_all_of_it() -> None:
+    """
+    exec:'s 'command not found (/x:a:b)': the reason it was made with is
+    kept whole, colons and all.
+    """
+    failure = Failure(error.ConnectError(string="command not found (/x:a:b)"))
+    assert classify(failure) == (ExitStatus.CONNECT, "command not found (/x:a:b)")
