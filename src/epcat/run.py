@@ -1193,13 +1193,27 @@ class Runner:
             reactor.callWhenRunning(install)
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        # Only queued here: the count is kept in the reactor's loop, one
+        # request after another.  (Counted here, a second signal arriving
+        # inside this handler ran a nested one between the count and its
+        # test: both queued _abort_all, nothing stopped the reactor, and
+        # epcat went on listening.)
+        self.reactor.callFromThread(self._stop_requested, signal.Signals(signum).name)
+
+    def _stop_requested(self, name: str) -> None:
+        """
+        SIGTERM/SIGINT, in the reactor's loop: the first stops the reactor
+        (a graceful stop, L{_shutdown}), a later one closes every pair now.
+
+        @param name: the signal's name, e.g. C{"SIGTERM"}.
+        """
         self._signals += 1
         if self._stop_signal is None:
-            self._stop_signal = signal.Signals(signum).name
+            self._stop_signal = name
         if self._signals == 1:
-            self.reactor.callFromThread(self._stop_reactor)
+            self._stop_reactor()
         else:
-            self.reactor.callFromThread(self._abort_all)
+            self._abort_all()
 
     def _stop_reactor(self) -> None:
         from twisted.internet.error import ReactorNotRunning

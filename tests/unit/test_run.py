@@ -166,3 +166,45 @@ def test_listen_accepts_one_connection_per_read(listen_runner: run.Runner) -> No
                 transport.loseConnection()
         port.stopListening()
         listen_runner.reactor.advance(0)
+
+
+def test_a_signal_inside_the_signal_handler_still_stops_the_reactor(
+    monkeypatch: pytest.MonkeyPatch, runner: run.Runner
+) -> None:
+    """
+    A second SIGINT can arrive while the handler of the first runs (Ctrl-C
+    under timeout, which passes it on), and Python runs the second handler
+    nested in the first.  The handler only queues a request for the
+    reactor's loop, where they are counted one after another: the first
+    stops the reactor, the second closes the pairs.  (Counted in the
+    handler, the nested one ran between the count and its test: both
+    closed pairs, nothing stopped the reactor, and epcat went on.)
+    """
+    import signal
+
+    done: list[str] = []
+    monkeypatch.setattr(runner, "_stop_reactor", lambda: done.append("stop"))
+    monkeypatch.setattr(runner, "_abort_all", lambda: done.append("abort"))
+    queued: list[Any] = []
+    monkeypatch.setattr(
+        runner.reactor, "callFromThread", lambda f, *a: queued.append((f, a)), raising=False
+    )
+    real = signal.Signals
+    nested: list[int] = []
+
+    def signals(signum: int) -> Any:
+        # the second signal arrives while the first's handler runs
+        if not nested:
+            nested.append(signum)
+            runner._on_stop_signal(signal.SIGINT, None)
+        return real(signum)
+
+    monkeypatch.setattr(signal, "Signals", signals)
+    runner._on_stop_signal(signal.SIGINT, None)
+    monkeypatch.setattr(signal, "Signals", real)
+    assert nested
+    assert done == []  # (nothing done in the handler itself)
+    for f, a in queued:
+        f(*a)
+    assert done == ["stop", "abort"]
+    assert runner._stop_signal == "SIGINT"
