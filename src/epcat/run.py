@@ -1169,8 +1169,8 @@ class Runner:
         """
         SIGTERM/SIGINT: a graceful stop (the reactor's shutdown, which runs
         L{_shutdown}); a second one closes everything at once.  SIGUSR1: the
-        table of open pairs.  Installed once the reactor runs, after the
-        reactor's own handlers.
+        table of open pairs.  Installed at once, and again once the reactor
+        runs, after the reactor's own handlers.
         """
         reactor = self.reactor
 
@@ -1187,9 +1187,13 @@ class Runner:
             signal.signal(signal.SIGUSR1, self._on_table_signal)
         except ValueError:
             pass
-        if getattr(reactor, "running", False):
-            install()
-        else:
+        # Now: react() runs the plan (listening, and saying so) before the
+        # reactor runs and Twisted installs its own handlers, and a SIGTERM
+        # right after "listening on" found the default action and killed the
+        # process.  Again once the reactor runs: Twisted's SIGTERM handler
+        # (installed as it starts) replaces ours, stopping the reactor too.
+        install()
+        if not getattr(reactor, "running", False):
             reactor.callWhenRunning(install)
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:

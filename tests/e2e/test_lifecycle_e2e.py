@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import WAIT, Server, echo_handler, no_traceback, recv_all, run_epcat
+from .conftest import EPCAT, WAIT, Server, echo_handler, no_traceback, recv_all, run_epcat
 from .lifecycle_support import (
     Drain,
     Listener,
@@ -273,6 +273,31 @@ def test_retry_connect_stdin_reaches_server_started_late(epcat_proc, listener):
     assert ep.finish() == 0, ep.describe()
     assert ep.out == b"sha256:" + hashlib.sha256(payload).hexdigest().encode()
     no_traceback(ep.err)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_signal_right_after_listening_is_a_clean_stop(signum):
+    """
+    SIGTERM (or SIGINT) the moment epcat says "listening on": a clean stop,
+    exit 0.  (epcat listens before the reactor runs and Twisted installs its
+    handlers: a signal in between found the default action, -15.)
+    """
+    proc = subprocess.Popen(EPCAT + ["-v", "listen", LOCAL, "connect", "tcp:127.0.0.1:1"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "listening on" in line:
+                break
+        proc.send_signal(signum)
+        status = proc.wait(timeout=WAIT)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 0, err
+    no_traceback(err)
 
 
 @pytest.mark.timeout(60)
