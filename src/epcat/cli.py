@@ -79,6 +79,20 @@ class FiniteFloatRange(click.FloatRange):
 
 SECONDS = FiniteFloatRange(min=0, min_open=True)
 
+
+def _file_name(option: str) -> Any:
+    """
+    A click callback refusing an empty file name for C{option} (which would
+    otherwise read as the option not given).
+    """
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise click.BadParameter("give a file name, not an empty one", ctx=ctx, param=param)
+        return value
+
+    return check
+
 SUBCOMMANDS = ("listen", "connect", "endpoints", "explain")
 
 
@@ -148,6 +162,7 @@ class Step(click.Command):
 @click.option(
     "--keylog",
     type=click.Path(dir_okay=False, writable=True),
+    callback=_file_name("--keylog"),
     metavar="FILE",
     help="Append every TLS session's secrets to FILE in the NSS key log format "
     "(as SSLKEYLOGFILE), so Wireshark can decrypt a capture.  A secret: created mode 0600.",
@@ -161,12 +176,14 @@ class Step(click.Command):
 @click.option(
     "--dump",
     type=click.Path(dir_okay=False, writable=True),
+    callback=_file_name("--dump"),
     metavar="FILE",
     help="The same dump as -x, to FILE instead of stderr.",
 )
 @click.option(
     "--pcap",
     type=click.Path(dir_okay=False, writable=True),
+    callback=_file_name("--pcap"),
     metavar="FILE",
     help="Write the relayed plaintext of every connection to FILE as a pcap capture "
     "(one synthesized TCP stream per connection, real addresses).",

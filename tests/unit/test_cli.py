@@ -490,3 +490,18 @@ def test_proxy_header_timeout_without_a_haproxy_listener_is_a_usage_error(
     assert_one_line_usage_error(err)
     assert "--proxy-header-timeout applies to haproxy: listeners only" in err
     assert plans == []
+
+
+@pytest.mark.parametrize("option", ["--keylog", "--dump", "--pcap"])
+def test_an_empty_file_name_is_a_usage_error(
+    plans: list[Any], capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    """
+    An empty file name used to read as the option not given: no key log,
+    dump or capture, and nothing said.
+    """
+    status, out, err = run_main([option, "", "connect", "tcp:127.0.0.1:1"], capsys)
+    assert status == 2
+    assert_one_line_usage_error(err)
+    assert f"'{option}': give a file name" in err
+    assert plans == []
