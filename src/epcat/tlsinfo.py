@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import weakref
 from typing import Any
+from collections.abc import Callable
 
 #: OpenSSL X509_V_ERR_* codes (include/openssl/x509_vfy.h) and what to say.
 _VERIFY_ERRORS = {
@@ -261,22 +262,22 @@ def _subject_alt_names(certificate: Any) -> list[str]:
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
+    # (each kind of name: its prefix as openssl prints it, and its text)
+    kinds: tuple[tuple[type, str, Callable[[Any], str]], ...] = (
+        (x509.DNSName, "DNS:", lambda name: name.value),
+        (x509.IPAddress, "IP:", lambda name: str(name.value)),
+        (x509.RFC822Name, "email:", lambda name: name.value),
+        (x509.UniformResourceIdentifier, "URI:", lambda name: name.value),
+        (x509.DirectoryName, "DirName:", lambda name: _name(name.value)),
+        (x509.RegisteredID, "Registered ID:", lambda name: name.value.dotted_string),
+        (x509.OtherName, "othername:", lambda name: name.type_id.dotted_string),
+    )
     names = []
     for general_name in extension.value:
-        if isinstance(general_name, x509.DNSName):
-            names.append(f"DNS:{general_name.value}")
-        elif isinstance(general_name, x509.IPAddress):
-            names.append(f"IP:{general_name.value}")
-        elif isinstance(general_name, x509.RFC822Name):
-            names.append(f"email:{general_name.value}")
-        elif isinstance(general_name, x509.UniformResourceIdentifier):
-            names.append(f"URI:{general_name.value}")
-        elif isinstance(general_name, x509.DirectoryName):
-            names.append(f"DirName:{_name(general_name.value)}")
-        elif isinstance(general_name, x509.RegisteredID):
-            names.append(f"Registered ID:{general_name.value.dotted_string}")
-        elif isinstance(general_name, x509.OtherName):
-            names.append(f"othername:{general_name.type_id.dotted_string}")
+        for kind, prefix, text in kinds:
+            if isinstance(general_name, kind):
+                names.append(prefix + text(general_name))
+                break
         else:
             names.append(str(general_name.value))
     return names

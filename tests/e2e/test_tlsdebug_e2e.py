@@ -19,6 +19,7 @@ import ssl
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -384,20 +385,34 @@ def test_keylog_ssl_server_writes_what_curl_logs(epcat_proc, server, tls_files, 
     srv = server(http_handler(body))
     ep = epcat_proc("-vv", "--keylog", keylog, "listen", ssl_listen(tls_files), "--once",
                     "connect", f"tcp:{srv.address}", umask=0)
-    port = ep.port()
-    result = curl(port, tls_files.ca_pem, env={**os.environ, "SSLKEYLOGFILE": str(curl_log)})
+    entries = _curl_logs_what_epcat_logs(ep, tls_files, keylog, curl_log, body)
+    labels = {entry["label"] for entry in entries}
+    assert labels & {"CLIENT_RANDOM", "CLIENT_TRAFFIC_SECRET_0"}, labels
+    _secrets_absent(entries, ep.err)
+    no_traceback(ep.err)
+
+
+def _curl_logs_what_epcat_logs(ep: Any, tls_files: Any, keylog: Path, curl_log: Path,
+                               body: bytes) -> list[re.Match[str]]:
+    """
+    curl (with SSLKEYLOGFILE=C{curl_log}) through C{ep}'s TLS listener, which
+    relays to a backend answering C{body}: curl gets the body, epcat ends
+    with 0, and C{keylog} (mode 0600) holds exactly the secrets curl logged.
+
+    @return: the entries of C{keylog}.
+    """
+    result = curl(ep.port(), tls_files.ca_pem,
+                  env={**os.environ, "SSLKEYLOGFILE": str(curl_log)})
     assert result.returncode == 0, result.stderr + ep.err.encode()
     assert result.stdout == body
     assert ep.finish() == 0, ep.describe()
     assert _mode(keylog) == 0o600
     entries = keylog_entries(keylog.read_text())
-    labels = {entry["label"] for entry in entries}
-    assert labels & {"CLIENT_RANDOM", "CLIENT_TRAFFIC_SECRET_0"}, labels
+    assert entries, keylog.read_text()
     assert {e.group(0) for e in entries} == {
         e.group(0) for e in keylog_entries(curl_log.read_text())
     }
-    _secrets_absent(entries, ep.err)
-    no_traceback(ep.err)
+    return entries
 
 
 @pytest.mark.timeout(60)
@@ -419,17 +434,7 @@ def test_keylog_tls_sni_server_writes_what_curl_logs(epcat_proc, server, tls_fil
     ep = epcat_proc("-v", "--keylog", keylog, "listen",
                     f"tls:{certificates}:port=0:interface=127.0.0.1", "--once",
                     "connect", f"tcp:{srv.address}")
-    port = ep.port()
-    result = curl(port, tls_files.ca_pem, env={**os.environ, "SSLKEYLOGFILE": str(curl_log)})
-    assert result.returncode == 0, result.stderr + ep.err.encode()
-    assert result.stdout == body
-    assert ep.finish() == 0, ep.describe()
-    assert _mode(keylog) == 0o600
-    entries = keylog_entries(keylog.read_text())
-    assert entries, keylog.read_text()
-    assert {e.group(0) for e in entries} == {
-        e.group(0) for e in keylog_entries(curl_log.read_text())
-    }
+    _curl_logs_what_epcat_logs(ep, tls_files, keylog, curl_log, body)
     no_traceback(ep.err)
 
 

@@ -179,6 +179,24 @@ def _gather(sock: socket.socket, into: bytearray) -> bool:
     return not chunk
 
 
+def _send_until(relay: Relay, sender: socket.socket, payload: bytes,
+                done: Callable[[], bool]) -> int:
+    """
+    Send C{payload} from the non-blocking C{sender}, a round of the relay
+    after each send, until C{done()} (at most 200 rounds): the bytes sent.
+    """
+    sent = 0
+    for _ in range(200):
+        try:
+            sent += sender.send(payload[sent:])
+        except BlockingIOError:
+            pass
+        _dispatch_once(relay.reactor)
+        if done():
+            break
+    return sent
+
+
 def _send_rest(relay: Relay, sender: socket.socket, receiver: socket.socket,
                payload: bytes, sent: int, timeout: float = WAIT) -> bytes:
     """
@@ -425,15 +443,7 @@ def test_backpressure(relay: Relay, backend: socket.socket) -> None:
     pair = relay.pair()
     payload = bytes(range(256)) * (32 * 1024)  # 8 MiB
     server.setblocking(False)
-    sent = 0
-    for _ in range(200):
-        try:
-            sent += server.send(payload[sent:])
-        except BlockingIOError:
-            pass
-        _dispatch_once(relay.reactor)
-        if pair.inbound in relay.reactor.getWriters():
-            break
+    sent = _send_until(relay, server, payload, lambda: pair.inbound in relay.reactor.getWriters())
     assert pair.inbound in relay.reactor.getWriters()  # waiting on the client
     assert pair.outbound not in relay.reactor.getReaders()  # not reading the backend
     received = bytearray()
@@ -485,15 +495,7 @@ def test_requests_and_responses_reuse_one_pipe_in_the_pool(
     # keeps the pipe until it has drained
     server.setblocking(False)
     payload = bytes(range(256)) * (32 * 1024)  # 8 MiB
-    sent = 0
-    for _ in range(200):
-        try:
-            sent += server.send(payload[sent:])
-        except BlockingIOError:
-            pass
-        _dispatch_once(relay.reactor)
-        if pair.outbound.pipe is not None:
-            break
+    sent = _send_until(relay, server, payload, lambda: pair.outbound.pipe is not None)
     assert pair.outbound.pipe is first and first not in pool
     assert _send_rest(relay, server, client, payload, sent, timeout=60) == payload
     _run_until(relay.reactor, lambda: pair.outbound.pipe is None)
